@@ -1,0 +1,841 @@
+//! The conformance cases: each takes a fresh harness and panics with a message saying which
+//! guarantee of the engine traits did not hold.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use nimbus_core::queue::{Attributes, MAX_BATCH};
+use nimbus_core::{
+    Condition, DeadLetter, Delivery, ErrorKind, Filter, ItemKey, OutgoingMessage, QueueName,
+    QueueOptions, ReceiveRequest,
+};
+use object_store::path::Path as BlobPath;
+use object_store::PutPayload;
+use tokio::time::Instant;
+
+use crate::Harness;
+
+async fn recv(h: &Harness, q: &QueueName, n: usize, visibility: Duration) -> Vec<Delivery> {
+    h.engine
+        .queue
+        .receive(q, ReceiveRequest::new(n).visibility(visibility))
+        .await
+        .unwrap()
+}
+
+async fn recv_wait(
+    h: &Harness,
+    q: &QueueName,
+    n: usize,
+    visibility: Duration,
+    wait: Duration,
+) -> Vec<Delivery> {
+    let wait = wait.min(nimbus_core::queue::MAX_WAIT);
+    h.engine
+        .queue
+        .receive(q, ReceiveRequest::new(n).visibility(visibility).wait(wait))
+        .await
+        .unwrap()
+}
+
+/// Receives until `count` messages have come (or `patience` passed), deleting none.
+async fn collect(h: &Harness, q: &QueueName, count: usize, visibility: Duration) -> Vec<Delivery> {
+    let deadline = Instant::now() + h.ticks(20);
+    let mut got = Vec::new();
+    while got.len() < count && Instant::now() < deadline {
+        got.extend(recv_wait(h, q, count - got.len(), visibility, h.ticks(2)).await);
+    }
+    got
+}
+
+fn bodies(ds: &[Delivery]) -> Vec<String> {
+    ds.iter()
+        .map(|d| String::from_utf8_lossy(&d.body).into_owned())
+        .collect()
+}
+
+fn fifo_msg(body: &str, group: &str) -> OutgoingMessage {
+    OutgoingMessage::new(body.to_string())
+        .group(group)
+        .dedup_id(format!("{group}-{body}"))
+}
+
+pub async fn visibility_expiry_redelivers_with_rising_receive_count(h: &Harness) {
+    let q = h.queue("vis", QueueOptions::default()).await.unwrap();
+    let sent = OutgoingMessage::new("hello").attribute("kind", "greeting");
+    let id = h.engine.queue.send(&q, sent).await.unwrap();
+    let first = recv(h, &q, 10, h.ticks(1)).await;
+    assert_eq!(first.len(), 1, "one message sent, one received");
+    let d1 = &first[0];
+    assert_eq!(
+        (d1.message_id.as_str(), d1.receive_count, &d1.body[..]),
+        (id.as_str(), 1, &b"hello"[..])
+    );
+    assert_eq!(
+        d1.attributes.get("kind").map(String::as_str),
+        Some("greeting"),
+        "attributes travel"
+    );
+    let age = std::time::SystemTime::now()
+        .duration_since(d1.sent_at)
+        .unwrap_or_default();
+    assert!(
+        age < Duration::from_secs(60),
+        "sent_at is the send time, got {age:?} ago"
+    );
+    assert!(
+        recv(h, &q, 10, h.ticks(1)).await.is_empty(),
+        "an in-flight message is hidden"
+    );
+    let again = recv_wait(h, &q, 10, h.ticks(20), h.ticks(10)).await;
+    assert_eq!(
+        again.len(),
+        1,
+        "an undeleted message comes back after its visibility timeout"
+    );
+    let d2 = &again[0];
+    assert_eq!(d2.message_id, d1.message_id);
+    assert_eq!(d2.receive_count, 2, "the receive count rises on redelivery");
+    assert_ne!(d2.receipt, d1.receipt, "every delivery has a fresh receipt");
+    assert_eq!(
+        d2.sent_at, d1.sent_at,
+        "sent_at is the first send, not the redelivery"
+    );
+    h.engine.queue.delete(&q, &d2.receipt).await.unwrap();
+    assert_eq!(
+        h.engine.queue.depth(&q).await.unwrap(),
+        Default::default(),
+        "deleted means gone"
+    );
+}
+
+pub async fn extend_keeps_hidden_and_release_makes_visible(h: &Harness) {
+    let q = h.queue("lease", QueueOptions::default()).await.unwrap();
+    h.engine
+        .queue
+        .send(&q, OutgoingMessage::new("job"))
+        .await
+        .unwrap();
+    let d = recv(h, &q, 1, h.ticks(2)).await.remove(0);
+    h.engine
+        .queue
+        .change_visibility(&q, &d.receipt, h.ticks(30))
+        .await
+        .unwrap();
+    tokio::time::sleep(h.ticks(4)).await;
+    assert!(
+        recv(h, &q, 1, h.ticks(1)).await.is_empty(),
+        "an extended lease outlives the first timeout"
+    );
+    h.engine
+        .queue
+        .change_visibility(&q, &d.receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    let back = recv_wait(h, &q, 1, h.ticks(30), h.ticks(5)).await;
+    assert_eq!(back.len(), 1, "a released message is visible at once");
+    assert_eq!(back[0].receive_count, 2);
+}
+
+pub async fn stale_receipt_neither_deletes_nor_extends(h: &Harness) {
+    let q = h.queue("stale", QueueOptions::default()).await.unwrap();
+    h.engine
+        .queue
+        .send(&q, OutgoingMessage::new("m"))
+        .await
+        .unwrap();
+    let old = recv(h, &q, 1, h.ticks(1)).await.remove(0);
+    let newer = recv_wait(h, &q, 1, h.ticks(30), h.ticks(10))
+        .await
+        .remove(0);
+    assert_eq!(newer.receive_count, 2);
+    h.engine.queue.delete(&q, &old.receipt).await.unwrap();
+    let err = h
+        .engine
+        .queue
+        .change_visibility(&q, &old.receipt, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::NotFound,
+        "a stale receipt cannot change visibility: {err}"
+    );
+    assert_eq!(
+        h.engine.queue.depth(&q).await.unwrap().in_flight,
+        1,
+        "a stale delete left the newer delivery"
+    );
+    assert!(
+        recv(h, &q, 1, h.ticks(1)).await.is_empty(),
+        "a stale release did not release the newer delivery"
+    );
+    h.engine
+        .queue
+        .change_visibility(&q, &newer.receipt, h.ticks(30))
+        .await
+        .unwrap();
+    h.engine.queue.delete(&q, &newer.receipt).await.unwrap();
+    h.engine.queue.delete(&q, &newer.receipt).await.unwrap();
+    assert_eq!(
+        h.engine.queue.depth(&q).await.unwrap(),
+        Default::default(),
+        "delete is idempotent"
+    );
+}
+
+pub async fn dead_letters_after_max_receives(h: &Harness) {
+    let dlq = h.queue("dlq", QueueOptions::default()).await.unwrap();
+    let options = QueueOptions {
+        dead_letter: Some(DeadLetter {
+            queue: dlq.clone(),
+            max_receives: 2,
+        }),
+        ..QueueOptions::default()
+    };
+    let q = h.queue("work", options.clone()).await.unwrap();
+    assert_eq!(h.engine.queue.queue_options(&q).await.unwrap(), options);
+    let id = h
+        .engine
+        .queue
+        .send(&q, OutgoingMessage::new("poison"))
+        .await
+        .unwrap();
+    for count in 1..=2 {
+        let d = recv_wait(h, &q, 1, h.ticks(1), h.ticks(10)).await;
+        assert_eq!(d.len(), 1, "receive {count} of max_receives 2");
+        assert_eq!(d[0].receive_count, count);
+    }
+    tokio::time::sleep(h.ticks(2)).await;
+    assert!(
+        recv_wait(h, &q, 1, h.ticks(1), h.ticks(2)).await.is_empty(),
+        "no third delivery"
+    );
+    let dead = recv_wait(h, &dlq, 1, h.ticks(30), h.ticks(10)).await;
+    assert_eq!(
+        bodies(&dead),
+        ["poison"],
+        "the message is in the dead-letter queue"
+    );
+    assert_eq!(
+        dead[0].message_id, id,
+        "a dead-lettered message keeps its id"
+    );
+    assert_eq!(h.engine.queue.depth(&q).await.unwrap(), Default::default());
+}
+
+pub async fn fifo_orders_within_a_group_and_holds_a_group_in_flight(h: &Harness) {
+    let q = h
+        .queue("order.fifo", QueueOptions::default())
+        .await
+        .unwrap();
+    let batch = vec![
+        fifo_msg("a1", "A"),
+        fifo_msg("b1", "B"),
+        fifo_msg("a2", "A"),
+        fifo_msg("a3", "A"),
+        fifo_msg("b2", "B"),
+    ];
+    h.engine.queue.send_batch(&q, batch).await.unwrap();
+    let head = recv(h, &q, 1, h.ticks(2)).await;
+    assert_eq!(bodies(&head), ["a1"], "the first message sent comes first");
+    assert_eq!(head[0].group_id.as_deref(), Some("A"));
+    // While a1 is in flight, group A delivers nothing; group B goes on, in order.
+    let mut b_seen = Vec::new();
+    let deadline = Instant::now() + h.ticks(1);
+    while b_seen.len() < 2 && Instant::now() < deadline {
+        for d in recv(h, &q, 10, h.ticks(30)).await {
+            assert_eq!(
+                d.group_id.as_deref(),
+                Some("B"),
+                "group A is held while a1 is in flight"
+            );
+            b_seen.push(String::from_utf8_lossy(&d.body).into_owned());
+            h.engine.queue.delete(&q, &d.receipt).await.unwrap();
+        }
+    }
+    assert_eq!(b_seen, ["b1", "b2"], "group B is independent and ordered");
+    // a1 was not deleted: when it is visible again it comes before a2.
+    let again = recv_wait(h, &q, 1, h.ticks(30), h.ticks(10)).await;
+    assert_eq!(bodies(&again), ["a1"], "a redelivered head keeps its place");
+    assert_eq!(again[0].receive_count, 2);
+    h.engine.queue.delete(&q, &again[0].receipt).await.unwrap();
+    let mut rest = Vec::new();
+    while rest.len() < 2 {
+        let got = recv_wait(h, &q, 10, h.ticks(30), h.ticks(5)).await;
+        assert!(
+            !got.is_empty(),
+            "a2 and a3 are delivered once a1 is deleted"
+        );
+        for d in got {
+            rest.push(String::from_utf8_lossy(&d.body).into_owned());
+            h.engine.queue.delete(&q, &d.receipt).await.unwrap();
+        }
+    }
+    assert_eq!(rest, ["a2", "a3"]);
+}
+
+pub async fn fifo_deduplicates_within_the_window(h: &Harness) {
+    let q = h
+        .queue("dedup.fifo", QueueOptions::default())
+        .await
+        .unwrap();
+    let first = h
+        .engine
+        .queue
+        .send(&q, OutgoingMessage::new("x").group("g").dedup_id("d1"))
+        .await
+        .unwrap();
+    h.engine
+        .queue
+        .send(&q, OutgoingMessage::new("y").group("g").dedup_id("d1"))
+        .await
+        .unwrap();
+    let got = collect(h, &q, 2, h.ticks(30)).await;
+    assert_eq!(
+        bodies(&got),
+        ["x"],
+        "a repeated deduplication id is dropped"
+    );
+    assert_eq!(got[0].message_id, first);
+    h.engine.queue.delete(&q, &got[0].receipt).await.unwrap();
+    h.engine
+        .queue
+        .send(&q, OutgoingMessage::new("z").group("g").dedup_id("d1"))
+        .await
+        .unwrap();
+    assert!(
+        recv(h, &q, 10, h.ticks(30)).await.is_empty(),
+        "the id is remembered after the delete"
+    );
+
+    let content = QueueOptions {
+        content_based_dedup: true,
+        ..QueueOptions::default()
+    };
+    let c = h.queue("content.fifo", content).await.unwrap();
+    for body in ["same", "same", "other"] {
+        h.engine
+            .queue
+            .send(&c, OutgoingMessage::new(body).group("g"))
+            .await
+            .unwrap();
+    }
+    let got = collect(h, &c, 3, h.ticks(30)).await;
+    assert_eq!(
+        bodies(&got),
+        ["same", "other"],
+        "content-based deduplication drops an equal body"
+    );
+}
+
+pub async fn delay_hides_a_message_until_due(h: &Harness) {
+    let q = h.queue("delay", QueueOptions::default()).await.unwrap();
+    let start = Instant::now();
+    h.engine
+        .queue
+        .send(&q, OutgoingMessage::new("later").delay(h.ticks(2)))
+        .await
+        .unwrap();
+    h.engine
+        .queue
+        .send(&q, OutgoingMessage::new("now"))
+        .await
+        .unwrap();
+    let first = recv(h, &q, 10, h.ticks(30)).await;
+    assert_eq!(bodies(&first), ["now"], "the delayed message is hidden");
+    let later = recv_wait(h, &q, 10, h.ticks(30), h.ticks(10)).await;
+    assert_eq!(bodies(&later), ["later"]);
+    assert!(
+        start.elapsed() >= h.ticks(2) * 9 / 10,
+        "delivered after its delay, at {:?}",
+        start.elapsed()
+    );
+}
+
+pub async fn batch_limits_and_bad_input_are_refused(h: &Harness) {
+    let q = h
+        .queue(
+            "limits",
+            QueueOptions {
+                max_message_bytes: 1024,
+                ..QueueOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let queue = &h.engine.queue;
+    let invalid = |r: nimbus_core::Result<_>, what: &str| {
+        let err = r.err().unwrap_or_else(|| panic!("{what} was accepted"));
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{what}: {err}");
+        err.to_string()
+    };
+    invalid(
+        queue.send_batch(&q, Vec::new()).await.map(drop),
+        "an empty batch",
+    );
+    let too_many = vec![OutgoingMessage::new("m"); MAX_BATCH + 1];
+    assert!(invalid(
+        queue.send_batch(&q, too_many).await.map(drop),
+        "an oversized batch"
+    )
+    .contains("batch"));
+    let mixed = vec![
+        OutgoingMessage::new("ok"),
+        OutgoingMessage::new(vec![b'x'; 1025]),
+    ];
+    assert!(invalid(
+        queue.send_batch(&q, mixed).await.map(drop),
+        "a message over max_message_bytes"
+    )
+    .contains("1024"));
+    assert_eq!(
+        queue.depth(&q).await.unwrap().visible,
+        0,
+        "a batch with an invalid message sends nothing"
+    );
+    invalid(
+        queue.receive(&q, ReceiveRequest::new(0)).await.map(drop),
+        "a receive of 0",
+    );
+    invalid(
+        queue
+            .receive(&q, ReceiveRequest::new(MAX_BATCH + 1))
+            .await
+            .map(drop),
+        "a receive over the batch limit",
+    );
+    let wait = invalid(
+        queue
+            .receive(&q, ReceiveRequest::new(1).wait(Duration::from_secs(21)))
+            .await
+            .map(drop),
+        "a 21 s wait",
+    );
+    assert!(wait.contains("wait"), "{wait}");
+    let long = ReceiveRequest::new(1).visibility(Duration::from_secs(12 * 3600 + 1));
+    assert!(invalid(
+        queue.receive(&q, long).await.map(drop),
+        "a visibility over 12 h"
+    )
+    .contains("visibility"));
+    let missing = h.queue_name("missing");
+    let err = queue
+        .send(&missing, OutgoingMessage::new("m"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(
+        err.to_string().contains(missing.as_str()),
+        "the error names the queue: {err}"
+    );
+
+    let full = vec![OutgoingMessage::new("m"); MAX_BATCH];
+    assert_eq!(
+        queue.send_batch(&q, full).await.unwrap().len(),
+        MAX_BATCH,
+        "a batch at the limit is fine"
+    );
+    let got = collect(h, &q, MAX_BATCH, h.ticks(60)).await;
+    assert_eq!(got.len(), MAX_BATCH);
+    for chunk in got.chunks(MAX_BATCH) {
+        let receipts: Vec<_> = chunk.iter().map(|d| d.receipt.clone()).collect();
+        queue.delete_batch(&q, &receipts).await.unwrap();
+    }
+    assert_eq!(queue.depth(&q).await.unwrap(), Default::default());
+}
+
+pub async fn depth_counts_visible_in_flight_and_delayed(h: &Harness) {
+    let q = h.queue("depth", QueueOptions::default()).await.unwrap();
+    let mut batch = vec![OutgoingMessage::new("v"); 3];
+    batch.push(OutgoingMessage::new("d").delay(h.ticks(30)));
+    h.engine.queue.send_batch(&q, batch).await.unwrap();
+    assert_eq!(collect(h, &q, 1, h.ticks(30)).await.len(), 1);
+    let depth = h.engine.queue.depth(&q).await.unwrap();
+    assert_eq!(
+        (depth.visible, depth.in_flight, depth.delayed),
+        (2, 1, 1),
+        "{depth:?}"
+    );
+    h.engine.queue.purge(&q).await.unwrap();
+    assert_eq!(
+        h.engine.queue.depth(&q).await.unwrap(),
+        Default::default(),
+        "purge empties the queue"
+    );
+}
+
+pub async fn long_poll_wakes_on_send_and_times_out_when_empty(h: &Harness) {
+    let q = h.queue("poll", QueueOptions::default()).await.unwrap();
+    let start = Instant::now();
+    assert!(recv_wait(h, &q, 1, h.ticks(30), h.ticks(2))
+        .await
+        .is_empty());
+    let waited = start.elapsed();
+    assert!(
+        waited >= h.ticks(2) * 9 / 10,
+        "an empty long poll waits its time, waited {waited:?}"
+    );
+    assert!(
+        waited < h.ticks(2) + Duration::from_secs(2),
+        "and not much longer, waited {waited:?}"
+    );
+
+    let queue = h.engine.queue.clone();
+    let (q2, wait) = (q.clone(), h.ticks(15));
+    let poller = tokio::spawn(async move {
+        let start = Instant::now();
+        let got = queue
+            .receive(
+                &q2,
+                ReceiveRequest::new(1).wait(wait.min(Duration::from_secs(20))),
+            )
+            .await;
+        (got, start.elapsed())
+    });
+    tokio::time::sleep(h.ticks(1)).await;
+    h.engine
+        .queue
+        .send(&q, OutgoingMessage::new("wake"))
+        .await
+        .unwrap();
+    let (got, took) = poller.await.unwrap();
+    assert_eq!(
+        bodies(&got.unwrap()),
+        ["wake"],
+        "a waiting receive gets a message sent meanwhile"
+    );
+    assert!(
+        took < h.ticks(8),
+        "the poll returned when the message came, took {took:?}"
+    );
+}
+
+pub async fn concurrent_consumers_never_share_a_delivery(h: &Harness) {
+    let q = h.queue("share", QueueOptions::default()).await.unwrap();
+    let total = 200;
+    let batch = (0..total)
+        .map(|i| OutgoingMessage::new(i.to_string()))
+        .collect();
+    h.engine.queue.send_batch(&q, batch).await.unwrap();
+    let mut consumers = Vec::new();
+    for _ in 0..4 {
+        let (queue, q, vis, wait) = (h.engine.queue.clone(), q.clone(), h.ticks(60), h.ticks(2));
+        consumers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = queue
+                    .receive(&q, ReceiveRequest::new(7).visibility(vis).wait(wait))
+                    .await
+                    .unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                let receipts: Vec<_> = got.iter().map(|d| d.receipt.clone()).collect();
+                queue.delete_batch(&q, &receipts).await.unwrap();
+                mine.extend(got.into_iter().map(|d| d.body));
+            }
+        }));
+    }
+    let mut seen = HashSet::new();
+    for c in consumers {
+        for body in c.await.unwrap() {
+            assert!(
+                seen.insert(body.clone()),
+                "message {body:?} was delivered to two consumers"
+            );
+        }
+    }
+    assert_eq!(seen.len(), total, "every message was delivered");
+}
+
+pub async fn queue_lifecycle_is_idempotent_and_conflicts_are_reported(h: &Harness) {
+    let q = h.queue("life", QueueOptions::default()).await.unwrap();
+    h.engine
+        .queue
+        .create_queue(&q, &QueueOptions::default())
+        .await
+        .unwrap();
+    let other = QueueOptions {
+        visibility_timeout: Duration::from_secs(99),
+        ..QueueOptions::default()
+    };
+    let err = h.engine.queue.create_queue(&q, &other).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(h.engine.queue.list_queues().await.unwrap().contains(&q));
+    let orphan = QueueOptions {
+        dead_letter: Some(DeadLetter {
+            queue: h.queue_name("nowhere"),
+            max_receives: 3,
+        }),
+        ..QueueOptions::default()
+    };
+    let err = h
+        .engine
+        .queue
+        .create_queue(&h.queue_name("orphan"), &orphan)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::NotFound,
+        "a missing dead-letter queue is reported: {err}"
+    );
+    h.engine.queue.delete_queue(&q).await.unwrap();
+    assert!(!h.engine.queue.list_queues().await.unwrap().contains(&q));
+    let err = h
+        .engine
+        .queue
+        .send(&q, OutgoingMessage::new("m"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+}
+
+pub async fn fan_out_reaches_every_subscribed_queue_through_filters(h: &Harness) {
+    let topic = h.topic("events").await.unwrap();
+    h.engine.topic.create_topic(&topic).await.unwrap();
+    let all = h.queue("all", QueueOptions::default()).await.unwrap();
+    let only_a = h.queue("only-a", QueueOptions::default()).await.unwrap();
+    let sub_all = h.engine.topic.subscribe(&topic, &all, None).await.unwrap();
+    let sub_a = h
+        .engine
+        .topic
+        .subscribe(&topic, &only_a, Some(Filter::on("job_id", ["b"])))
+        .await
+        .unwrap();
+    let resub = h
+        .engine
+        .topic
+        .subscribe(&topic, &only_a, Some(Filter::on("job_id", ["a"])))
+        .await
+        .unwrap();
+    assert_eq!(
+        resub.id, sub_a.id,
+        "subscribing again replaces the filter of the same subscription"
+    );
+    assert_eq!(h.engine.topic.subscriptions(&topic).await.unwrap().len(), 2);
+    let attrs = |job: &str| Attributes::from([("job_id".to_string(), job.to_string())]);
+    h.engine
+        .topic
+        .publish(&topic, Bytes::from("for a"), attrs("a"))
+        .await
+        .unwrap();
+    h.engine
+        .topic
+        .publish(&topic, Bytes::from("for b"), attrs("b"))
+        .await
+        .unwrap();
+    let mut got_all = bodies(&collect(h, &all, 2, h.ticks(30)).await);
+    got_all.sort();
+    assert_eq!(
+        got_all,
+        ["for a", "for b"],
+        "an unfiltered subscriber gets everything"
+    );
+    let got_a = collect(h, &only_a, 2, h.ticks(30)).await;
+    assert_eq!(
+        bodies(&got_a),
+        ["for a"],
+        "a filtered subscriber gets only what passes"
+    );
+    assert_eq!(
+        got_a[0].attributes,
+        attrs("a"),
+        "raw delivery keeps the attributes"
+    );
+    h.engine.topic.unsubscribe(&sub_all.id).await.unwrap();
+    h.engine
+        .topic
+        .publish(&topic, Bytes::from("late"), attrs("z"))
+        .await
+        .unwrap();
+    assert!(
+        recv_wait(h, &all, 1, h.ticks(30), h.ticks(1))
+            .await
+            .is_empty(),
+        "unsubscribed queues get nothing"
+    );
+    let missing = nimbus_core::TopicName::new(format!("{}-nope", h.prefix)).unwrap();
+    let err = h
+        .engine
+        .topic
+        .publish(&missing, Bytes::from("x"), Attributes::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+}
+
+pub async fn put_if_absent_raced_by_8_tasks_has_one_winner(h: &Harness) {
+    let key = ItemKey::new(format!("{}-claims", h.prefix), "task-1").unwrap();
+    let mut racers = Vec::new();
+    for i in 0..8 {
+        let (ledger, key) = (h.engine.ledger.clone(), key.clone());
+        racers.push(tokio::spawn(async move {
+            ledger
+                .put_if_absent(&key, Bytes::from(format!("worker-{i}")))
+                .await
+                .unwrap()
+                .then_some(i)
+        }));
+    }
+    let mut winners = Vec::new();
+    for r in racers {
+        winners.extend(r.await.unwrap());
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one racer creates the item, got {winners:?}"
+    );
+    let item = h.engine.ledger.get(&key).await.unwrap().unwrap();
+    assert_eq!(
+        item.value,
+        Bytes::from(format!("worker-{}", winners[0])),
+        "the winner's value is stored"
+    );
+}
+
+pub async fn counter_adds_from_8_tasks_sum_right(h: &Harness) {
+    let key = ItemKey::new(format!("{}-counters", h.prefix), "done").unwrap();
+    let ledger = Arc::clone(&h.engine.ledger);
+    let mut adders = Vec::new();
+    for i in 1..=8i64 {
+        let (ledger, key) = (ledger.clone(), key.clone());
+        adders.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                ledger.add(&key, i).await.unwrap();
+            }
+        }));
+    }
+    for a in adders {
+        a.await.unwrap();
+    }
+    assert_eq!(
+        ledger.add(&key, 0).await.unwrap(),
+        5 * 36,
+        "no add was lost"
+    );
+    assert_eq!(
+        ledger.add(&key, -80).await.unwrap(),
+        100,
+        "adds may be negative"
+    );
+}
+
+pub async fn ledger_items_have_versions_and_conditions(h: &Harness) {
+    let ledger = &h.engine.ledger;
+    let part = format!("{}-items", h.prefix);
+    let key = ItemKey::new(&part, "b").unwrap();
+    assert_eq!(ledger.get(&key).await.unwrap(), None);
+    assert_eq!(
+        ledger
+            .put(&key, Bytes::from("v1"), Condition::Always)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert!(
+        !ledger
+            .put_if_absent(&key, Bytes::from("other"))
+            .await
+            .unwrap(),
+        "put-if-absent on an item fails"
+    );
+    assert_eq!(
+        ledger
+            .put(&key, Bytes::from("v2"), Condition::Version(1))
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        ledger
+            .put(&key, Bytes::from("v3"), Condition::Version(1))
+            .await
+            .unwrap(),
+        None,
+        "a stale version loses"
+    );
+    assert_eq!(ledger.add(&key, 5).await.unwrap(), 5);
+    let item = ledger.get(&key).await.unwrap().unwrap();
+    assert_eq!(
+        (item.value, item.counter, item.version),
+        (Bytes::from("v2"), 5, 3)
+    );
+    assert_eq!(
+        ledger
+            .put(&key, Bytes::from("v4"), Condition::Always)
+            .await
+            .unwrap(),
+        Some(4)
+    );
+    assert_eq!(
+        ledger.get(&key).await.unwrap().unwrap().counter,
+        5,
+        "a put keeps the counter"
+    );
+    ledger
+        .put(
+            &ItemKey::new(&part, "a").unwrap(),
+            Bytes::from("first"),
+            Condition::Always,
+        )
+        .await
+        .unwrap();
+    ledger
+        .put(
+            &ItemKey::new(format!("{part}-x"), "c").unwrap(),
+            Bytes::new(),
+            Condition::Always,
+        )
+        .await
+        .unwrap();
+    let listed: BTreeMap<_, _> = ledger.list(&part).await.unwrap().into_iter().collect();
+    assert_eq!(
+        listed.keys().collect::<Vec<_>>(),
+        ["a", "b"],
+        "list covers one partition, sorted"
+    );
+    assert!(
+        !ledger.delete(&key, Condition::Version(1)).await.unwrap(),
+        "a delete at a stale version does nothing"
+    );
+    assert!(ledger.delete(&key, Condition::Version(4)).await.unwrap());
+    assert!(
+        !ledger.delete(&key, Condition::Always).await.unwrap(),
+        "nothing left to delete"
+    );
+    assert_eq!(ledger.get(&key).await.unwrap(), None);
+}
+
+pub async fn blobs_put_get_list_delete(h: &Harness) {
+    let blobs = &h.engine.blobs;
+    let a = BlobPath::from(format!("{}/inputs/a.bin", h.prefix));
+    let b = BlobPath::from(format!("{}/inputs/b.bin", h.prefix));
+    let payload = Bytes::from(vec![7u8; 100_000]);
+    blobs
+        .put(&a, PutPayload::from(payload.clone()))
+        .await
+        .unwrap();
+    blobs.put(&b, PutPayload::from_static(b"b")).await.unwrap();
+    assert_eq!(blobs.get(&a).await.unwrap().bytes().await.unwrap(), payload);
+    let prefix = BlobPath::from(format!("{}/inputs", h.prefix));
+    let mut listed: Vec<_> = blobs
+        .list(Some(&prefix))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .unwrap();
+    listed.sort();
+    assert_eq!(listed, [a.clone(), b.clone()]);
+    blobs.delete(&a).await.unwrap();
+    assert!(matches!(
+        blobs.get(&a).await,
+        Err(object_store::Error::NotFound { .. })
+    ));
+}

@@ -1,0 +1,114 @@
+//! The conformance suite every nimbus engine must pass, written once (quickwit's
+//! `storage_test_suite` pattern): an engine's tests call [`conformance_suite!`] with an async
+//! function that builds a fresh [`Harness`], and get one test per case.
+
+pub mod cases;
+
+use std::any::Any;
+use std::time::Duration;
+
+use nimbus_core::{Engine, QueueName, QueueOptions, Result, TopicName};
+
+/// An engine under test and the time unit it honours.
+pub struct Harness {
+    /// The engine.
+    pub engine: Engine,
+    /// The shortest visibility timeout or delay the engine honours (SQS counts whole seconds);
+    /// cases express their timings in ticks.
+    pub tick: Duration,
+    /// Prefixed to every name a case creates, so cases can share one engine.
+    pub prefix: String,
+    /// Kept alive for the case (a temporary directory, a server).
+    pub guard: Option<Box<dyn Any + Send>>,
+}
+
+impl Harness {
+    /// A harness over `engine`, with names made unique for this case.
+    pub fn new(engine: Engine, tick: Duration) -> Self {
+        let prefix = format!("t{:08x}", rand_u32());
+        Self {
+            engine,
+            tick,
+            prefix,
+            guard: None,
+        }
+    }
+
+    /// Keeps `guard` alive as long as the harness.
+    pub fn guard(mut self, guard: impl Any + Send) -> Self {
+        self.guard = Some(Box::new(guard));
+        self
+    }
+
+    /// `n` ticks.
+    pub fn ticks(&self, n: u32) -> Duration {
+        self.tick * n
+    }
+
+    /// This case's name for a queue called `stem` (`.fifo` stays a suffix).
+    pub fn queue_name(&self, stem: &str) -> QueueName {
+        QueueName::new(format!("{}-{stem}", self.prefix)).expect("valid test queue name")
+    }
+
+    /// Creates this case's queue `stem` with `options`.
+    pub async fn queue(&self, stem: &str, options: QueueOptions) -> Result<QueueName> {
+        let name = self.queue_name(stem);
+        self.engine.queue.create_queue(&name, &options).await?;
+        Ok(name)
+    }
+
+    /// Creates this case's topic `stem`.
+    pub async fn topic(&self, stem: &str) -> Result<TopicName> {
+        let name =
+            TopicName::new(format!("{}-{stem}", self.prefix)).expect("valid test topic name");
+        self.engine.topic.create_topic(&name).await?;
+        Ok(name)
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() as u32
+}
+
+/// Expands to one `#[tokio::test]` per conformance case; `$make` is an async expression that
+/// evaluates to a fresh [`Harness`].
+#[macro_export]
+macro_rules! conformance_suite {
+    ($make:expr) => {
+        $crate::conformance_suite!(@cases $make;
+            visibility_expiry_redelivers_with_rising_receive_count,
+            extend_keeps_hidden_and_release_makes_visible,
+            stale_receipt_neither_deletes_nor_extends,
+            dead_letters_after_max_receives,
+            fifo_orders_within_a_group_and_holds_a_group_in_flight,
+            fifo_deduplicates_within_the_window,
+            delay_hides_a_message_until_due,
+            batch_limits_and_bad_input_are_refused,
+            depth_counts_visible_in_flight_and_delayed,
+            long_poll_wakes_on_send_and_times_out_when_empty,
+            concurrent_consumers_never_share_a_delivery,
+            queue_lifecycle_is_idempotent_and_conflicts_are_reported,
+            fan_out_reaches_every_subscribed_queue_through_filters,
+            put_if_absent_raced_by_8_tasks_has_one_winner,
+            counter_adds_from_8_tasks_sum_right,
+            ledger_items_have_versions_and_conditions,
+            blobs_put_get_list_delete,
+        );
+    };
+    (@cases $make:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let harness = $make.await;
+                $crate::cases::$case(&harness).await;
+            }
+        )+
+    };
+}

@@ -1,0 +1,131 @@
+//! The `Ledger` service: a DynamoDB-style item store with conditional writes and atomic counters.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+
+/// The largest item value (as DynamoDB's 400 KB item limit).
+pub const MAX_ITEM_BYTES: usize = 400 * 1024;
+/// The longest partition or sort key (DynamoDB's sort-key limit).
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// An item's address: a partition and a sort key within it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ItemKey {
+    /// Groups items that are listed together (e.g. `job#<id>`).
+    pub partition: String,
+    /// Identifies the item within its partition.
+    pub sort: String,
+}
+
+impl ItemKey {
+    /// Validates both parts: 1 to [`MAX_KEY_BYTES`] bytes each.
+    pub fn new(partition: impl Into<String>, sort: impl Into<String>) -> Result<Self> {
+        let key = Self {
+            partition: partition.into(),
+            sort: sort.into(),
+        };
+        check_key("partition", &key.partition)?;
+        check_key("sort key", &key.sort)?;
+        Ok(key)
+    }
+}
+
+impl fmt::Display for ItemKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.partition, self.sort)
+    }
+}
+
+/// Checks a partition or sort key.
+pub fn check_key(what: &str, key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(Error::invalid(format!(
+            "{what} must be 1 to {MAX_KEY_BYTES} bytes, got {}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an item value's size.
+pub fn check_value(value: &Bytes) -> Result<()> {
+    if value.len() > MAX_ITEM_BYTES {
+        return Err(Error::invalid(format!(
+            "item value of {} bytes is over the limit of {MAX_ITEM_BYTES} bytes",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A stored item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The value last put (empty for an item only ever counted).
+    pub value: Bytes,
+    /// The counter, changed only by [`Ledger::add`] (0 until then).
+    pub counter: i64,
+    /// 1 when created, one more on every put or add: the handle for optimistic concurrency.
+    pub version: u64,
+}
+
+/// When a put or delete may happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// Always.
+    Always,
+    /// Only if there is no item (DynamoDB's `attribute_not_exists`).
+    Absent,
+    /// Only if the item exists at exactly this version (compare-and-swap).
+    Version(u64),
+}
+
+/// A key-value ledger with DynamoDB semantics: single-item writes are atomic and conditional.
+#[async_trait]
+pub trait Ledger: Send + Sync {
+    /// Writes `value` if `condition` holds, keeping the item's counter. Returns the new version,
+    /// or `None` when the condition did not hold (nothing was written).
+    async fn put(&self, key: &ItemKey, value: Bytes, condition: Condition) -> Result<Option<u64>>;
+
+    /// Creates the item if there is none; `true` if this call created it. Of any number of
+    /// concurrent callers on any number of machines, exactly one gets `true`.
+    async fn put_if_absent(&self, key: &ItemKey, value: Bytes) -> Result<bool> {
+        Ok(self.put(key, value, Condition::Absent).await?.is_some())
+    }
+
+    /// The item, if there is one.
+    async fn get(&self, key: &ItemKey) -> Result<Option<Item>>;
+
+    /// Deletes the item if `condition` holds; `true` if an item was deleted.
+    async fn delete(&self, key: &ItemKey, condition: Condition) -> Result<bool>;
+
+    /// Adds `delta` to the item's counter atomically (creating the item at 0 first if needed)
+    /// and returns the new value; concurrent adds never lose an update.
+    async fn add(&self, key: &ItemKey, delta: i64) -> Result<i64>;
+
+    /// Every item of a partition with its sort key, sorted by sort key.
+    async fn list(&self, partition: &str) -> Result<Vec<(String, Item)>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_values_have_limits() {
+        assert!(ItemKey::new("p", "s").is_ok());
+        assert!(ItemKey::new("", "s")
+            .unwrap_err()
+            .to_string()
+            .contains("partition"));
+        assert!(ItemKey::new("p", "x".repeat(MAX_KEY_BYTES + 1))
+            .unwrap_err()
+            .to_string()
+            .contains("sort key"));
+        assert!(check_value(&Bytes::from(vec![0; MAX_ITEM_BYTES + 1])).is_err());
+    }
+}

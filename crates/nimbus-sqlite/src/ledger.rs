@@ -1,0 +1,117 @@
+//! `Ledger` on SQLite: one row per item; each write is one statement, so it is atomic and its
+//! condition is checked under SQLite's write lock.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use nimbus_core::ledger::{check_key, check_value};
+use nimbus_core::{Condition, Item, ItemKey, Ledger, Result};
+use rusqlite::{params, OptionalExtension};
+
+use crate::{sql_error, SqliteEngine};
+
+fn item(r: &rusqlite::Row<'_>, from: usize) -> rusqlite::Result<Item> {
+    Ok(Item {
+        value: Bytes::from(r.get::<_, Vec<u8>>(from)?),
+        counter: r.get(from + 1)?,
+        version: r.get(from + 2)?,
+    })
+}
+
+#[async_trait]
+impl Ledger for SqliteEngine {
+    async fn put(&self, key: &ItemKey, value: Bytes, condition: Condition) -> Result<Option<u64>> {
+        check_value(&value)?;
+        let key = key.clone();
+        self.call(move |conn| {
+            let (p, s, v) = (&key.partition, &key.sort, value.as_ref());
+            let version = match condition {
+                Condition::Always => conn
+                    .prepare_cached(
+                        "INSERT INTO ledger (partition, sort, value, counter, version) VALUES (?1, ?2, ?3, 0, 1)
+                         ON CONFLICT (partition, sort) DO UPDATE SET value = excluded.value, version = version + 1
+                         RETURNING version",
+                    )
+                    .and_then(|mut st| st.query_row(params![p, s, v], |r| r.get(0)))
+                    .optional(),
+                Condition::Absent => conn
+                    .prepare_cached(
+                        "INSERT INTO ledger (partition, sort, value, counter, version) VALUES (?1, ?2, ?3, 0, 1)
+                         ON CONFLICT (partition, sort) DO NOTHING RETURNING version",
+                    )
+                    .and_then(|mut st| st.query_row(params![p, s, v], |r| r.get(0)))
+                    .optional(),
+                Condition::Version(expected) => conn
+                    .prepare_cached(
+                        "UPDATE ledger SET value = ?3, version = version + 1
+                         WHERE partition = ?1 AND sort = ?2 AND version = ?4 RETURNING version",
+                    )
+                    .and_then(|mut st| st.query_row(params![p, s, v, expected], |r| r.get(0)))
+                    .optional(),
+            };
+            version.map_err(sql_error)
+        })
+        .await
+    }
+
+    async fn get(&self, key: &ItemKey) -> Result<Option<Item>> {
+        let key = key.clone();
+        self.call(move |conn| {
+            conn.prepare_cached(
+                "SELECT value, counter, version FROM ledger WHERE partition = ?1 AND sort = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![key.partition, key.sort], |r| item(r, 0))
+                    .optional()
+            })
+            .map_err(sql_error)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &ItemKey, condition: Condition) -> Result<bool> {
+        let key = key.clone();
+        self.call(move |conn| {
+            let n = match condition {
+                Condition::Always => conn.execute(
+                    "DELETE FROM ledger WHERE partition = ?1 AND sort = ?2",
+                    params![key.partition, key.sort],
+                ),
+                // Deleting "only if absent" can never delete anything.
+                Condition::Absent => Ok(0),
+                Condition::Version(v) => conn.execute(
+                    "DELETE FROM ledger WHERE partition = ?1 AND sort = ?2 AND version = ?3",
+                    params![key.partition, key.sort, v],
+                ),
+            };
+            Ok(n.map_err(sql_error)? > 0)
+        })
+        .await
+    }
+
+    async fn add(&self, key: &ItemKey, delta: i64) -> Result<i64> {
+        let key = key.clone();
+        self.call(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO ledger (partition, sort, value, counter, version) VALUES (?1, ?2, x'', ?3, 1)
+                 ON CONFLICT (partition, sort) DO UPDATE SET counter = counter + excluded.counter, version = version + 1
+                 RETURNING counter",
+            )
+            .and_then(|mut s| s.query_row(params![key.partition, key.sort, delta], |r| r.get(0)))
+            .map_err(sql_error)
+        })
+        .await
+    }
+
+    async fn list(&self, partition: &str) -> Result<Vec<(String, Item)>> {
+        check_key("partition", partition)?;
+        let partition = partition.to_string();
+        self.call(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT sort, value, counter, version FROM ledger WHERE partition = ?1 ORDER BY sort")
+                .map_err(sql_error)?;
+            let rows = stmt.query_map([partition], |r| Ok((r.get(0)?, item(r, 1)?))).map_err(sql_error)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(sql_error)
+        })
+        .await
+    }
+}
