@@ -1,0 +1,214 @@
+//! The command line: every subcommand, its flags and their help.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine_url::DEFAULT_ENGINE;
+
+/// nimbus: an elastic, queue-driven cloud computing platform.
+#[derive(Debug, Parser)]
+#[command(name = "nimbus", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// More log output (-v info, -vv debug); NIMBUS_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the engine lives.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Engine URL: sqlite://PATH[?sync=full].
+    #[arg(long, global = true, env = "NIMBUS_ENGINE", default_value = DEFAULT_ENGINE)]
+    pub engine: String,
+    /// Blob store URL: file://DIR (default: blobs/ beside the database).
+    #[arg(long, global = true, env = "NIMBUS_BLOBS")]
+    pub blobs: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with queues: create, send, receive, delete, depth, list.
+    #[command(subcommand)]
+    Queue(QueueCmd),
+    /// Work with topics: create, subscribe, publish.
+    #[command(subcommand)]
+    Topic(TopicCmd),
+    /// Work with the ledger: get, put, add, list.
+    #[command(subcommand)]
+    Ledger(LedgerCmd),
+    /// Benchmarks; figures go to docs/benchmarks.md.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+/// A duration such as `30s`, `500ms` or `2m`.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 30s or 500ms: {e}"))
+}
+
+/// `KEY=VALUE`.
+pub fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCmd {
+    /// Create a queue (a name ending in .fifo makes a FIFO queue); idempotent.
+    Create {
+        name: String,
+        /// How long a received message stays hidden.
+        #[arg(long, value_parser = duration, default_value = "30s")]
+        visibility_timeout: Duration,
+        /// How long an undeleted message is kept (60s to 14d).
+        #[arg(long, value_parser = duration, default_value = "4days")]
+        retention: Duration,
+        /// The largest message in bytes (up to 1048576).
+        #[arg(long, default_value_t = nimbus_core::queue::DEFAULT_MAX_MESSAGE_BYTES)]
+        max_message_bytes: usize,
+        /// FIFO only: deduplicate on the body's SHA-256 when no --dedup-id is given.
+        #[arg(long)]
+        content_dedup: bool,
+        /// Move messages received too often to this queue (it must exist).
+        #[arg(long, requires = "max_receives")]
+        dead_letter: Option<String>,
+        /// Receives before a message moves to the dead-letter queue.
+        #[arg(long, requires = "dead_letter")]
+        max_receives: Option<u32>,
+    },
+    /// Send one message per BODY (or one per line of standard input with --stdin).
+    Send {
+        queue: String,
+        bodies: Vec<String>,
+        /// Read bodies from standard input, one per line.
+        #[arg(long, conflicts_with = "bodies")]
+        stdin: bool,
+        /// An attribute KEY=VALUE (repeatable).
+        #[arg(long = "attr", value_parser = key_value)]
+        attributes: Vec<(String, String)>,
+        /// FIFO message group.
+        #[arg(long)]
+        group: Option<String>,
+        /// FIFO deduplication id.
+        #[arg(long)]
+        dedup_id: Option<String>,
+        /// Deliver after this delay (standard queues).
+        #[arg(long, value_parser = duration)]
+        delay: Option<Duration>,
+    },
+    /// Receive messages and print them as JSON lines (with their receipts).
+    Receive {
+        queue: String,
+        /// At most this many messages.
+        #[arg(long, default_value_t = 1)]
+        max: usize,
+        /// Long-poll up to this long for a first message.
+        #[arg(long, value_parser = duration, default_value = "0s")]
+        wait: Duration,
+        /// Hide the messages this long (default: the queue's visibility timeout).
+        #[arg(long, value_parser = duration)]
+        visibility: Option<Duration>,
+        /// Delete the messages once printed.
+        #[arg(long)]
+        delete: bool,
+    },
+    /// Delete (acknowledge) received messages by receipt.
+    Delete {
+        queue: String,
+        #[arg(required = true)]
+        receipts: Vec<String>,
+    },
+    /// Change a received message's visibility (0s releases it).
+    Visibility {
+        queue: String,
+        receipt: String,
+        #[arg(value_parser = duration)]
+        timeout: Duration,
+    },
+    /// Visible, in-flight and delayed counts (of every queue when none is named).
+    Depth { queues: Vec<String> },
+    /// List queues.
+    List,
+    /// Delete every message of a queue.
+    Purge { queue: String },
+    /// Remove a queue and its messages.
+    Remove { queue: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCmd {
+    /// Create a topic; idempotent.
+    Create { name: String },
+    /// Subscribe a queue, optionally filtered: --filter KEY=V1,V2 (repeatable; all keys must match).
+    Subscribe {
+        topic: String,
+        queue: String,
+        #[arg(long = "filter", value_parser = key_value)]
+        filters: Vec<(String, String)>,
+    },
+    /// Remove a subscription by id.
+    Unsubscribe { subscription: String },
+    /// List a topic's subscriptions.
+    Subscriptions { topic: String },
+    /// Publish a message to every subscribed queue whose filter passes.
+    Publish {
+        topic: String,
+        body: String,
+        #[arg(long = "attr", value_parser = key_value)]
+        attributes: Vec<(String, String)>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCmd {
+    /// Print an item as JSON.
+    Get { partition: String, sort: String },
+    /// Write an item's value.
+    Put {
+        partition: String,
+        sort: String,
+        value: String,
+        /// Only if there is no item yet.
+        #[arg(long, conflicts_with = "if_version")]
+        if_absent: bool,
+        /// Only if the item is at this version.
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// Add to an item's counter and print the new value.
+    Add {
+        partition: String,
+        sort: String,
+        #[arg(allow_negative_numbers = true)]
+        delta: i64,
+    },
+    /// Print every item of a partition as JSON lines.
+    List { partition: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Throughput of the engine's queue: sends, receive+delete, round trips; beside a minimal
+    /// queue on raw SQLite as the ceiling.
+    Engine {
+        /// Messages per scenario.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Body size in bytes.
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// Repetitions of each scenario (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Skip the raw SQLite baseline.
+        #[arg(long)]
+        no_baseline: bool,
+    },
+}

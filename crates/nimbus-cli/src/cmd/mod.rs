@@ -1,0 +1,13 @@
+//! One module per subcommand group.
+
+pub mod bench;
+pub mod ledger;
+pub mod queue;
+pub mod topic;
+
+use nimbus_core::queue::Attributes;
+
+/// Collects `KEY=VALUE` pairs into attributes.
+pub fn attributes(pairs: Vec<(String, String)>) -> Attributes {
+    pairs.into_iter().collect()
+}
