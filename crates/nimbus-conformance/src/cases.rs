@@ -839,3 +839,32 @@ pub async fn blobs_put_get_list_delete(h: &Harness) {
         Err(object_store::Error::NotFound { .. })
     ));
 }
+
+pub async fn put_batch_checks_each_condition_on_its_own(h: &Harness) {
+    let ledger = &h.engine.ledger;
+    let part = format!("{}-batch", h.prefix);
+    let key = |s: &str| ItemKey::new(&part, s).unwrap();
+    ledger
+        .put(&key("taken"), Bytes::from("old"), Condition::Always)
+        .await
+        .unwrap();
+    let results = ledger
+        .put_batch(vec![
+            (key("new"), Bytes::from("n"), Condition::Absent),
+            (key("taken"), Bytes::from("lost"), Condition::Absent),
+            (key("taken"), Bytes::from("cas"), Condition::Version(1)),
+            (key("missing"), Bytes::from("m"), Condition::Version(1)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        [Some(1), None, Some(2), None],
+        "each put stands on its own condition"
+    );
+    assert_eq!(
+        ledger.get(&key("taken")).await.unwrap().unwrap().value,
+        Bytes::from("cas")
+    );
+    assert_eq!(ledger.get(&key("missing")).await.unwrap(), None);
+}

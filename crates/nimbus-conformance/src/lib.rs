@@ -99,6 +99,7 @@ macro_rules! conformance_suite {
             put_if_absent_raced_by_8_tasks_has_one_winner,
             counter_adds_from_8_tasks_sum_right,
             ledger_items_have_versions_and_conditions,
+            put_batch_checks_each_condition_on_its_own,
             blobs_put_get_list_delete,
         );
     };

@@ -97,6 +97,17 @@ pub trait Ledger: Send + Sync {
         Ok(self.put(key, value, Condition::Absent).await?.is_some())
     }
 
+    /// Several independent puts, each with its own condition (not a transaction: one item's
+    /// condition failing does not stop the others). Returns each put's result in order. Engines
+    /// write them together where they can (one SQLite transaction); the default puts one by one.
+    async fn put_batch(&self, items: Vec<(ItemKey, Bytes, Condition)>) -> Result<Vec<Option<u64>>> {
+        let mut results = Vec::with_capacity(items.len());
+        for (key, value, condition) in items {
+            results.push(self.put(&key, value, condition).await?);
+        }
+        Ok(results)
+    }
+
     /// The item, if there is one.
     async fn get(&self, key: &ItemKey) -> Result<Option<Item>>;
 

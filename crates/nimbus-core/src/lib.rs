@@ -5,6 +5,7 @@ pub mod error;
 pub mod ledger;
 pub mod names;
 pub mod queue;
+pub mod task;
 pub mod topic;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ pub use object_store::ObjectStore;
 pub use queue::{
     DeadLetter, Delivery, Depth, OutgoingMessage, Queue, QueueOptions, Receipt, ReceiveRequest,
 };
+pub use task::{TaskReport, TaskStatus};
 pub use topic::{Filter, Subscription, Topic};
 
 /// The four engine services one deployment runs on, each behind its narrow trait.

@@ -5,9 +5,40 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_core::ledger::{check_key, check_value};
 use nimbus_core::{Condition, Item, ItemKey, Ledger, Result};
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::{sql_error, SqliteEngine};
+
+/// One conditional put; returns the new version, or `None` if the condition failed.
+fn put_one(
+    conn: &Connection,
+    key: &ItemKey,
+    value: &Bytes,
+    condition: Condition,
+) -> Result<Option<u64>> {
+    let (p, s, v) = (&key.partition, &key.sort, value.as_ref());
+    let sql = match condition {
+        Condition::Always => {
+            "INSERT INTO ledger (partition, sort, value, counter, version) VALUES (?1, ?2, ?3, 0, 1)
+             ON CONFLICT (partition, sort) DO UPDATE SET value = excluded.value, version = version + 1
+             RETURNING version"
+        }
+        Condition::Absent => {
+            "INSERT INTO ledger (partition, sort, value, counter, version) VALUES (?1, ?2, ?3, 0, 1)
+             ON CONFLICT (partition, sort) DO NOTHING RETURNING version"
+        }
+        Condition::Version(_) => {
+            "UPDATE ledger SET value = ?3, version = version + 1
+             WHERE partition = ?1 AND sort = ?2 AND version = ?4 RETURNING version"
+        }
+    };
+    let mut stmt = conn.prepare_cached(sql).map_err(sql_error)?;
+    let found = match condition {
+        Condition::Version(expected) => stmt.query_row(params![p, s, v, expected], |r| r.get(0)),
+        _ => stmt.query_row(params![p, s, v], |r| r.get(0)),
+    };
+    found.optional().map_err(sql_error)
+}
 
 fn item(r: &rusqlite::Row<'_>, from: usize) -> rusqlite::Result<Item> {
     Ok(Item {
@@ -22,33 +53,24 @@ impl Ledger for SqliteEngine {
     async fn put(&self, key: &ItemKey, value: Bytes, condition: Condition) -> Result<Option<u64>> {
         check_value(&value)?;
         let key = key.clone();
+        self.call(move |conn| put_one(conn, &key, &value, condition))
+            .await
+    }
+
+    async fn put_batch(&self, items: Vec<(ItemKey, Bytes, Condition)>) -> Result<Vec<Option<u64>>> {
+        for (_, value, _) in &items {
+            check_value(value)?;
+        }
         self.call(move |conn| {
-            let (p, s, v) = (&key.partition, &key.sort, value.as_ref());
-            let version = match condition {
-                Condition::Always => conn
-                    .prepare_cached(
-                        "INSERT INTO ledger (partition, sort, value, counter, version) VALUES (?1, ?2, ?3, 0, 1)
-                         ON CONFLICT (partition, sort) DO UPDATE SET value = excluded.value, version = version + 1
-                         RETURNING version",
-                    )
-                    .and_then(|mut st| st.query_row(params![p, s, v], |r| r.get(0)))
-                    .optional(),
-                Condition::Absent => conn
-                    .prepare_cached(
-                        "INSERT INTO ledger (partition, sort, value, counter, version) VALUES (?1, ?2, ?3, 0, 1)
-                         ON CONFLICT (partition, sort) DO NOTHING RETURNING version",
-                    )
-                    .and_then(|mut st| st.query_row(params![p, s, v], |r| r.get(0)))
-                    .optional(),
-                Condition::Version(expected) => conn
-                    .prepare_cached(
-                        "UPDATE ledger SET value = ?3, version = version + 1
-                         WHERE partition = ?1 AND sort = ?2 AND version = ?4 RETURNING version",
-                    )
-                    .and_then(|mut st| st.query_row(params![p, s, v, expected], |r| r.get(0)))
-                    .optional(),
-            };
-            version.map_err(sql_error)
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql_error)?;
+            let results = items
+                .iter()
+                .map(|(key, value, condition)| put_one(&tx, key, value, *condition))
+                .collect::<Result<Vec<_>>>()?;
+            tx.commit().map_err(sql_error)?;
+            Ok(results)
         })
         .await
     }

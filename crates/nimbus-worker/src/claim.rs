@@ -1,0 +1,184 @@
+//! Task claims in the ledger: how a worker makes a task's effects happen once although its
+//! messages are delivered at least once.
+//!
+//! One ledger item per task id (`task#<id>` / `claim`) moves through these states:
+//!
+//! ```text
+//!   (absent) --put-if-absent--> Running{owner, lease_until, message_id}
+//!   Running  --owner renews every visibility/2 (compare-and-swap on version)--> Running (later lease)
+//!   Running  --handler succeeded or failed for good (CAS)--> Done{report} | Failed{report}
+//!   Running  --handler asked to retry, or shutdown released it (CAS delete)--> (absent)
+//!   Running with lease_until in the past --another worker, CAS--> Running{new owner}  (takeover)
+//! ```
+//!
+//! A delivery that finds the claim `Done`/`Failed` is acknowledged without running: if it is
+//! the same message that ran (the owner died after recording the end but before deleting the
+//! message), the stored report is sent again so no report is lost; a different message with the
+//! same task id is a duplicate submission and is only acknowledged. A delivery that finds a live
+//! `Running` claim of another worker is hidden again until that lease ends, and looks again then.
+//! Every transition is a conditional write, so two workers never both believe they own a task.
+//! The one window left is between a handler's external effect and the `Done` write: a worker
+//! killed inside it has its task run again (at-least-once), as in every queue-based system
+//! without transactional effects; it is as short as one ledger write.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use nimbus_core::{ItemKey, Result, TaskReport};
+use serde::{Deserialize, Serialize};
+
+/// A claim's stored state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Claim {
+    /// A worker runs the task and renews its lease while it does.
+    Running {
+        /// The worker that owns it.
+        owner: String,
+        /// Milliseconds since the epoch when the lease ends unless renewed.
+        lease_until_ms: i64,
+        /// The message whose delivery is running it.
+        message_id: String,
+    },
+    /// The task ended; the report says how.
+    Ended {
+        /// The message that ran it.
+        message_id: String,
+        /// The report sent on the reply queue.
+        report: TaskReport,
+    },
+}
+
+impl Claim {
+    /// A running claim for `owner` leased for `lease`.
+    pub fn running(owner: &str, message_id: &str, lease: Duration) -> Self {
+        Self::Running {
+            owner: owner.to_string(),
+            lease_until_ms: now_ms() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
+            message_id: message_id.to_string(),
+        }
+    }
+
+    /// The stored bytes.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    /// Reads stored bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            nimbus_core::Error::internal("task claim in the ledger is corrupt").with_source(e)
+        })
+    }
+}
+
+/// The ledger key of a task's claim.
+pub fn claim_key(task_id: &str) -> Result<ItemKey> {
+    ItemKey::new(format!("task#{task_id}"), "claim")
+}
+
+/// What a delivery should do given the claim it found (it lost the put-if-absent).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// The task ended; acknowledge the message, re-sending the report if this message ran it.
+    AlreadyEnded {
+        /// The stored report, to send again when `resend` is true.
+        report: TaskReport,
+        /// This very message ran the task (the owner died before deleting it).
+        resend: bool,
+    },
+    /// Another worker holds a live lease: hide the message this long, then look again.
+    HeldElsewhere(Duration),
+    /// The owner's lease ran out: take the task over with a compare-and-swap at this version.
+    TakeOver(u64),
+}
+
+/// Decides what a delivery of `message_id` does about an existing claim at `version`.
+pub fn decide(existing: &Claim, version: u64, message_id: &str, now_ms: i64) -> Decision {
+    match existing {
+        Claim::Ended {
+            message_id: ran,
+            report,
+        } => Decision::AlreadyEnded {
+            report: report.clone(),
+            resend: ran == message_id,
+        },
+        Claim::Running { lease_until_ms, .. } if *lease_until_ms > now_ms => {
+            let left = u64::try_from(lease_until_ms - now_ms).unwrap_or(0);
+            Decision::HeldElsewhere(Duration::from_millis(left + 100))
+        }
+        Claim::Running { .. } => Decision::TakeOver(version),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nimbus_core::TaskStatus;
+
+    fn report() -> TaskReport {
+        TaskReport {
+            task_id: "t".into(),
+            session: None,
+            kind: "task".into(),
+            status: TaskStatus::Succeeded,
+            error: None,
+            duration_ms: 1.0,
+            worker_id: "w".into(),
+            output_bytes: 0,
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn decisions_follow_the_state_machine() {
+        let now = 1_000_000;
+        let live = Claim::Running {
+            owner: "a".into(),
+            lease_until_ms: now + 5_000,
+            message_id: "m1".into(),
+        };
+        assert_eq!(
+            decide(&live, 3, "m1", now),
+            Decision::HeldElsewhere(Duration::from_millis(5_100))
+        );
+        let dead = Claim::Running {
+            owner: "a".into(),
+            lease_until_ms: now - 1,
+            message_id: "m1".into(),
+        };
+        assert_eq!(decide(&dead, 3, "m1", now), Decision::TakeOver(3));
+        let ended = Claim::Ended {
+            message_id: "m1".into(),
+            report: report(),
+        };
+        assert_eq!(
+            decide(&ended, 4, "m1", now),
+            Decision::AlreadyEnded {
+                report: report(),
+                resend: true
+            }
+        );
+        assert_eq!(
+            decide(&ended, 4, "m2", now),
+            Decision::AlreadyEnded {
+                report: report(),
+                resend: false
+            }
+        );
+    }
+
+    #[test]
+    fn claims_round_trip_and_corruption_is_an_error() {
+        let c = Claim::running("w", "m", Duration::from_secs(30));
+        assert_eq!(Claim::decode(&c.encode()).unwrap(), c);
+        assert!(Claim::decode(b"{").is_err());
+    }
+}

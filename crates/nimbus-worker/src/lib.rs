@@ -1,0 +1,96 @@
+//! The nimbus worker runtime, which every job kind runs on: receive in batches with long polls,
+//! run handlers with bounded concurrency, extend leases of long tasks, claim task ids so
+//! duplicates run once, acknowledge after success, retry with backoff, report, shut down cleanly.
+
+pub mod claim;
+mod runtime;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use nimbus_core::{Delivery, Engine, QueueName};
+use tokio_util::sync::CancellationToken;
+
+pub use runtime::{Worker, WorkerConfig, WorkerStats};
+
+/// How a handler's run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Success: the message is deleted and a report (with the output's size) is sent.
+    Done {
+        /// The task's output.
+        output: Bytes,
+    },
+    /// A transient failure: the message comes back after `delay`, doubled on each receive.
+    RetryAfter {
+        /// The base delay.
+        delay: Duration,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// A permanent failure: recorded, acknowledged and reported; never retried.
+    Failed(String),
+}
+
+impl Outcome {
+    /// Success with no output.
+    pub fn done() -> Self {
+        Self::Done {
+            output: Bytes::new(),
+        }
+    }
+}
+
+/// Everything a handler knows about the task it runs.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    /// The task's id (its `task_id` attribute, or else the message id).
+    pub task_id: String,
+    /// The handler kind.
+    pub kind: String,
+    /// The worker running it.
+    pub worker_id: String,
+    /// The queue it came from.
+    pub queue: QueueName,
+    /// The delivery: body, attributes, receive count.
+    pub delivery: Delivery,
+    /// The engine, for handlers that read blobs or publish events.
+    pub engine: Engine,
+    /// Cancelled when the worker gives the task up (shutdown past the grace period, or the lease
+    /// was lost); a handler should stop soon after.
+    pub cancel: CancellationToken,
+}
+
+/// Runs messages of one kind. Payloads are bytes plus attributes, decoded here at the edge.
+#[async_trait]
+pub trait Handler: Send + Sync {
+    /// Runs one task.
+    async fn handle(&self, task: &TaskContext) -> Outcome;
+}
+
+/// Handlers by kind (the message's `kind` attribute).
+#[derive(Clone, Default)]
+pub struct Handlers {
+    by_kind: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl Handlers {
+    /// Registers `handler` for `kind`.
+    pub fn with(mut self, kind: impl Into<String>, handler: impl Handler + 'static) -> Self {
+        self.by_kind.insert(kind.into(), Arc::new(handler));
+        self
+    }
+
+    fn get(&self, kind: &str) -> Option<Arc<dyn Handler>> {
+        self.by_kind.get(kind).cloned()
+    }
+
+    fn kinds(&self) -> Vec<&str> {
+        let mut kinds: Vec<_> = self.by_kind.keys().map(String::as_str).collect();
+        kinds.sort_unstable();
+        kinds
+    }
+}

@@ -1,0 +1,667 @@
+//! The worker loop: receivers fill free concurrency slots, each task runs in its own tokio task
+//! with a heartbeat, and one completer records ends, sends reports and deletes messages in
+//! batches (group commit), so a busy worker pays a few engine calls per batch, not per task.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use nimbus_core::queue::{MAX_BATCH, MAX_VISIBILITY_TIMEOUT};
+use nimbus_core::task::{ATTR_KIND, ATTR_REPLY_TO, ATTR_SESSION, ATTR_TASK_ID};
+use nimbus_core::{
+    Condition, Delivery, Engine, ErrorKind, OutgoingMessage, QueueName, ReceiveRequest, Result,
+    TaskReport, TaskStatus,
+};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::claim::{claim_key, decide, now_ms, Claim, Decision};
+use crate::{Handlers, Outcome, TaskContext};
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Names this worker in claims and reports.
+    pub worker_id: String,
+    /// The queues it receives from.
+    pub queues: Vec<QueueName>,
+    /// Tasks run at once.
+    pub concurrency: usize,
+    /// Most messages per receive.
+    pub batch: usize,
+    /// Each delivery's lease; renewed every half of it while the handler runs.
+    pub visibility: Duration,
+    /// Long-poll wait of one receive (short, so shutdown is prompt).
+    pub poll_wait: Duration,
+    /// How long running handlers may finish after shutdown before their messages are released.
+    pub grace: Duration,
+    /// Stop by itself after this long with nothing received and nothing running.
+    pub exit_when_idle: Option<Duration>,
+    /// Claim task ids in the ledger so a task id runs once (off: at-least-once only).
+    pub dedup: bool,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            worker_id: format!("worker-{}", std::process::id()),
+            queues: Vec::new(),
+            concurrency: 16,
+            batch: 100,
+            visibility: Duration::from_secs(30),
+            poll_wait: Duration::from_secs(1),
+            grace: Duration::from_secs(10),
+            exit_when_idle: None,
+            dedup: true,
+        }
+    }
+}
+
+/// What a worker did, counted when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerStats {
+    /// Tasks that succeeded.
+    pub succeeded: u64,
+    /// Tasks that failed for good.
+    pub failed: u64,
+    /// Runs that asked to be retried.
+    pub retried: u64,
+    /// Deliveries of tasks that had already ended (acknowledged without running).
+    pub duplicates: u64,
+    /// Tasks given back unfinished at shutdown.
+    pub released: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    duplicates: AtomicU64,
+    released: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> WorkerStats {
+        WorkerStats {
+            succeeded: self.succeeded.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            released: self.released.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A worker: handlers over an engine, run until shutdown.
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    engine: Engine,
+    handlers: Handlers,
+    config: WorkerConfig,
+    slots: Arc<Semaphore>,
+    running: AtomicUsize,
+    last_activity: Mutex<Instant>,
+    /// Fires when the grace period is over: running tasks are given back.
+    abandon: CancellationToken,
+    counters: Counters,
+}
+
+/// One delivery being worked on.
+struct Job {
+    queue: QueueName,
+    delivery: Delivery,
+    task_id: String,
+    kind: String,
+    /// The claim's version while this worker owns it (None without dedup).
+    version: Option<u64>,
+}
+
+/// A finished run waiting to be recorded.
+struct Completion {
+    job: Job,
+    outcome: Outcome,
+    duration: Duration,
+}
+
+impl Worker {
+    /// A worker over `engine` with `handlers`.
+    pub fn new(engine: Engine, handlers: Handlers, config: WorkerConfig) -> Self {
+        let concurrency = config.concurrency.max(1);
+        Self {
+            shared: Arc::new(Shared {
+                engine,
+                handlers,
+                slots: Arc::new(Semaphore::new(concurrency)),
+                config: WorkerConfig {
+                    concurrency,
+                    batch: config.batch.clamp(1, MAX_BATCH),
+                    ..config
+                },
+                running: AtomicUsize::new(0),
+                last_activity: Mutex::new(Instant::now()),
+                abandon: CancellationToken::new(),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// Runs until `shutdown` fires (or the worker has been idle for `exit_when_idle`): stops
+    /// receiving, lets running handlers finish within the grace period, gives back the
+    /// messages of those that did not, records every end, and returns what it did.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<WorkerStats> {
+        let shared = self.shared;
+        let config = &shared.config;
+        tracing::info!(worker = %config.worker_id, queues = ?config.queues, concurrency = config.concurrency,
+            kinds = ?shared.handlers.kinds(), "worker started");
+        let stop = shutdown.child_token();
+        let (done_tx, done_rx) = mpsc::channel::<Completion>(4 * MAX_BATCH);
+        let completer = tokio::spawn(complete_loop(shared.clone(), done_rx));
+        let receivers: Vec<_> = config
+            .queues
+            .iter()
+            .map(|q| {
+                tokio::spawn(receive_loop(
+                    shared.clone(),
+                    q.clone(),
+                    stop.clone(),
+                    done_tx.clone(),
+                ))
+            })
+            .collect();
+        drop(done_tx);
+        for r in receivers {
+            if let Err(e) = r.await {
+                tracing::error!(error = %e, "receiver task failed");
+            }
+        }
+        let all = u32::try_from(config.concurrency).unwrap_or(u32::MAX);
+        if tokio::time::timeout(config.grace, shared.slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = shared.running.load(Ordering::Relaxed),
+                "grace period over; releasing unfinished tasks"
+            );
+            shared.abandon.cancel();
+        }
+        if let Err(e) = completer.await {
+            tracing::error!(error = %e, "completer task failed");
+        }
+        let stats = shared.counters.snapshot();
+        tracing::info!(worker = %config.worker_id, ?stats, "worker stopped");
+        Ok(stats)
+    }
+}
+
+async fn receive_loop(
+    shared: Arc<Shared>,
+    queue: QueueName,
+    stop: CancellationToken,
+    done: mpsc::Sender<Completion>,
+) {
+    let config = &shared.config;
+    let mut errors = 0u32;
+    while !stop.is_cancelled() {
+        let first = tokio::select! {
+            permit = shared.slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            () = stop.cancelled() => break,
+        };
+        let mut permits = vec![first];
+        while permits.len() < config.batch {
+            match shared.slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let request = ReceiveRequest::new(permits.len())
+            .visibility(config.visibility)
+            .wait(config.poll_wait);
+        let got = match shared.engine.queue.receive(&queue, request).await {
+            Ok(got) => {
+                errors = 0;
+                got
+            }
+            Err(e) => {
+                errors += 1;
+                let pause = Duration::from_millis(100 * u64::from(errors.min(50)));
+                tracing::warn!(queue = %queue, error = %e, ?pause, "receive failed");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        };
+        if got.is_empty() {
+            drop(permits);
+            stop_if_idle(&shared, &stop);
+            continue;
+        }
+        *lock(&shared.last_activity) = Instant::now();
+        permits.truncate(got.len());
+        dispatch(&shared, &queue, got, permits, &done).await;
+    }
+}
+
+fn stop_if_idle(shared: &Shared, stop: &CancellationToken) {
+    let Some(idle) = shared.config.exit_when_idle else {
+        return;
+    };
+    if shared.running.load(Ordering::Relaxed) == 0 && lock(&shared.last_activity).elapsed() >= idle
+    {
+        tracing::info!(?idle, "idle; stopping");
+        stop.cancel();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn job_of(queue: &QueueName, delivery: Delivery) -> Job {
+    let attr = |name: &str| delivery.attributes.get(name).cloned();
+    Job {
+        task_id: attr(ATTR_TASK_ID).unwrap_or_else(|| delivery.message_id.clone()),
+        kind: attr(ATTR_KIND).unwrap_or_default(),
+        queue: queue.clone(),
+        delivery,
+        version: None,
+    }
+}
+
+/// Claims a received batch in one ledger call and starts what this worker won.
+async fn dispatch(
+    shared: &Arc<Shared>,
+    queue: &QueueName,
+    got: Vec<Delivery>,
+    permits: Vec<OwnedSemaphorePermit>,
+    done: &mpsc::Sender<Completion>,
+) {
+    let jobs: Vec<Job> = got.into_iter().map(|d| job_of(queue, d)).collect();
+    if !shared.config.dedup {
+        for (job, permit) in jobs.into_iter().zip(permits) {
+            start(shared, job, permit, done);
+        }
+        return;
+    }
+    let claims = jobs
+        .iter()
+        .map(|j| {
+            let claim = Claim::running(
+                &shared.config.worker_id,
+                &j.delivery.message_id,
+                shared.config.visibility,
+            );
+            Ok((claim_key(&j.task_id)?, claim.encode(), Condition::Absent))
+        })
+        .collect::<Result<Vec<_>>>();
+    let won = match claims {
+        Ok(claims) => shared.engine.ledger.put_batch(claims).await,
+        Err(e) => Err(e),
+    };
+    let won = match won {
+        Ok(won) => won,
+        Err(e) => {
+            // The messages come back after their visibility timeout; nothing is lost.
+            tracing::warn!(queue = %queue, error = %e, "claiming a batch failed");
+            return;
+        }
+    };
+    for ((mut job, permit), version) in jobs.into_iter().zip(permits).zip(won) {
+        match version {
+            Some(v) => {
+                job.version = Some(v);
+                start(shared, job, permit, done);
+            }
+            None => {
+                let (shared, done) = (shared.clone(), done.clone());
+                tokio::spawn(async move { resolve_existing(&shared, job, permit, &done).await });
+            }
+        }
+    }
+}
+
+/// A delivery whose task id was already claimed: decide by the claim's state.
+async fn resolve_existing(
+    shared: &Arc<Shared>,
+    mut job: Job,
+    permit: OwnedSemaphorePermit,
+    done: &mpsc::Sender<Completion>,
+) {
+    let result: Result<()> = async {
+        let key = claim_key(&job.task_id)?;
+        let ledger = &shared.engine.ledger;
+        let queue = &shared.engine.queue;
+        let Some(item) = ledger.get(&key).await? else {
+            // Released meanwhile (a retry or a shutdown): try once more later.
+            return hide(shared, &job, Duration::from_millis(200)).await;
+        };
+        match decide(&Claim::decode(&item.value)?, item.version, &job.delivery.message_id, now_ms()) {
+            Decision::AlreadyEnded { report, resend } => {
+                if resend {
+                    send_reports(shared, &[(&job, report)]).await?;
+                }
+                queue.delete(&job.queue, &job.delivery.receipt).await?;
+                shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(task_id = %job.task_id, resend, "task already ended; acknowledged");
+                Ok(())
+            }
+            Decision::HeldElsewhere(wait) => hide(shared, &job, wait).await,
+            Decision::TakeOver(version) => {
+                let claim = Claim::running(&shared.config.worker_id, &job.delivery.message_id, shared.config.visibility);
+                match ledger.put(&key, claim.encode(), Condition::Version(version)).await? {
+                    Some(v) => {
+                        tracing::info!(task_id = %job.task_id, "took over a task whose owner stopped renewing");
+                        job.version = Some(v);
+                        start(shared, job, permit, done);
+                        Ok(())
+                    }
+                    None => hide(shared, &job, Duration::from_secs(1)).await,
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "resolving a claimed task failed; it will be redelivered");
+    }
+}
+
+async fn hide(shared: &Shared, job: &Job, wait: Duration) -> Result<()> {
+    let wait = wait.min(MAX_VISIBILITY_TIMEOUT);
+    match shared
+        .engine
+        .queue
+        .change_visibility(&job.queue, &job.delivery.receipt, wait)
+        .await
+    {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Runs one job in its own task, holding its concurrency slot until the end is handed over.
+fn start(
+    shared: &Arc<Shared>,
+    job: Job,
+    permit: OwnedSemaphorePermit,
+    done: &mpsc::Sender<Completion>,
+) {
+    let (shared, done) = (shared.clone(), done.clone());
+    shared.running.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        if let Some(completion) = run_job(&shared, job).await {
+            if done.send(completion).await.is_err() {
+                tracing::error!("completer is gone; the task will be redelivered");
+            }
+        }
+        shared.running.fetch_sub(1, Ordering::Relaxed);
+        drop(permit);
+    });
+}
+
+/// Runs the handler with a heartbeat; `None` when the task was given back or its lease lost.
+async fn run_job(shared: &Arc<Shared>, mut job: Job) -> Option<Completion> {
+    let Some(handler) = shared.handlers.get(&job.kind) else {
+        let reason = format!(
+            "no handler for kind `{}` on worker {} (it runs {:?})",
+            job.kind,
+            shared.config.worker_id,
+            shared.handlers.kinds()
+        );
+        return Some(Completion {
+            job,
+            outcome: Outcome::Failed(reason),
+            duration: Duration::ZERO,
+        });
+    };
+    let context = TaskContext {
+        task_id: job.task_id.clone(),
+        kind: job.kind.clone(),
+        worker_id: shared.config.worker_id.clone(),
+        queue: job.queue.clone(),
+        delivery: job.delivery.clone(),
+        engine: shared.engine.clone(),
+        cancel: CancellationToken::new(),
+    };
+    let started = Instant::now();
+    let run = AssertUnwindSafe(handler.handle(&context)).catch_unwind();
+    tokio::pin!(run);
+    let period = (shared.config.visibility / 2).max(Duration::from_millis(50));
+    let mut beat = tokio::time::interval_at(started + period, period);
+    let outcome = loop {
+        tokio::select! {
+            result = &mut run => break result.unwrap_or_else(|panic| Outcome::Failed(format!("handler panicked: {}", panic_text(&*panic)))),
+            _ = beat.tick() => {
+                if let Err(e) = renew(shared, &mut job).await {
+                    tracing::warn!(task_id = %job.task_id, error = %e, "lease lost; abandoning the task");
+                    context.cancel.cancel();
+                    return None;
+                }
+            }
+            () = shared.abandon.cancelled() => {
+                context.cancel.cancel();
+                give_back(shared, &job).await;
+                return None;
+            }
+        }
+    };
+    Some(Completion {
+        job,
+        outcome,
+        duration: started.elapsed(),
+    })
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic".to_string())
+}
+
+/// Extends the message's visibility and the claim's lease together.
+async fn renew(shared: &Shared, job: &mut Job) -> Result<()> {
+    let visibility = shared.config.visibility;
+    shared
+        .engine
+        .queue
+        .change_visibility(&job.queue, &job.delivery.receipt, visibility)
+        .await?;
+    if let Some(version) = job.version {
+        let claim = Claim::running(
+            &shared.config.worker_id,
+            &job.delivery.message_id,
+            visibility,
+        );
+        let renewed = shared
+            .engine
+            .ledger
+            .put(
+                &claim_key(&job.task_id)?,
+                claim.encode(),
+                Condition::Version(version),
+            )
+            .await?;
+        job.version =
+            Some(renewed.ok_or_else(|| {
+                nimbus_core::Error::conflict("another worker took the task over")
+            })?);
+    }
+    tracing::debug!(task_id = %job.task_id, "lease extended");
+    Ok(())
+}
+
+/// Releases an unfinished task at shutdown: the claim is dropped and the message made visible.
+async fn give_back(shared: &Shared, job: &Job) {
+    if let (Some(version), Ok(key)) = (job.version, claim_key(&job.task_id)) {
+        if let Err(e) = shared
+            .engine
+            .ledger
+            .delete(&key, Condition::Version(version))
+            .await
+        {
+            tracing::warn!(task_id = %job.task_id, error = %e, "could not drop the claim; it expires with its lease");
+        }
+    }
+    if let Err(e) = hide(shared, job, Duration::ZERO).await {
+        tracing::warn!(task_id = %job.task_id, error = %e, "could not release the message; it returns after its timeout");
+    }
+    shared.counters.released.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(task_id = %job.task_id, "released unfinished task");
+}
+
+async fn complete_loop(shared: Arc<Shared>, mut done: mpsc::Receiver<Completion>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while done.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if let Err(e) = record(&shared, std::mem::take(&mut batch)).await {
+            // Unacknowledged messages come back; ended claims make the redelivery re-report.
+            tracing::warn!(error = %e, "recording completions failed; their messages will be redelivered");
+        }
+    }
+}
+
+fn report_of(shared: &Shared, c: &Completion) -> Option<TaskReport> {
+    let (status, error, output_bytes) = match &c.outcome {
+        Outcome::Done { output } => (TaskStatus::Succeeded, None, output.len() as u64),
+        Outcome::Failed(reason) => (TaskStatus::Failed, Some(reason.clone()), 0),
+        Outcome::RetryAfter { .. } => return None,
+    };
+    Some(TaskReport {
+        task_id: c.job.task_id.clone(),
+        session: c.job.delivery.attributes.get(ATTR_SESSION).cloned(),
+        kind: c.job.kind.clone(),
+        status,
+        error,
+        duration_ms: c.duration.as_secs_f64() * 1000.0,
+        worker_id: shared.config.worker_id.clone(),
+        output_bytes,
+        attempt: c.job.delivery.receive_count,
+    })
+}
+
+/// Records a batch of ends (claims, then reports, then acknowledgements) and schedules retries.
+async fn record(shared: &Shared, batch: Vec<Completion>) -> Result<()> {
+    let mut ended = Vec::new();
+    for c in batch {
+        match report_of(shared, &c) {
+            Some(report) => ended.push((c.job, report)),
+            None => retry(shared, c).await,
+        }
+    }
+    if ended.is_empty() {
+        return Ok(());
+    }
+    if shared.config.dedup {
+        let writes = ended
+            .iter()
+            .map(|(job, report)| {
+                let claim = Claim::Ended {
+                    message_id: job.delivery.message_id.clone(),
+                    report: report.clone(),
+                };
+                Ok((
+                    claim_key(&job.task_id)?,
+                    claim.encode(),
+                    Condition::Version(job.version.unwrap_or(0)),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let written = shared.engine.ledger.put_batch(writes).await?;
+        let mut kept = Vec::with_capacity(ended.len());
+        for (end, ok) in ended.into_iter().zip(written) {
+            match ok {
+                Some(_) => kept.push(end),
+                None => {
+                    tracing::warn!(task_id = %end.0.task_id, "claim lost before the end was recorded; the new owner reports")
+                }
+            }
+        }
+        ended = kept;
+    }
+    let refs: Vec<(&Job, TaskReport)> = ended.iter().map(|(j, r)| (j, r.clone())).collect();
+    send_reports(shared, &refs).await?;
+    let mut by_queue: BTreeMap<&QueueName, Vec<_>> = BTreeMap::new();
+    for (job, report) in &ended {
+        by_queue
+            .entry(&job.queue)
+            .or_default()
+            .push(job.delivery.receipt.clone());
+        let counter = match report.status {
+            TaskStatus::Succeeded => &shared.counters.succeeded,
+            TaskStatus::Failed => {
+                tracing::warn!(task_id = %job.task_id, error = report.error.as_deref().unwrap_or(""), "task failed");
+                &shared.counters.failed
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    for (queue, receipts) in by_queue {
+        for chunk in receipts.chunks(MAX_BATCH) {
+            shared.engine.queue.delete_batch(queue, chunk).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends each report to its task's `reply_to` queue, batched per queue.
+async fn send_reports(shared: &Shared, ended: &[(&Job, TaskReport)]) -> Result<()> {
+    let mut by_queue: BTreeMap<String, Vec<OutgoingMessage>> = BTreeMap::new();
+    for (job, report) in ended {
+        let Some(reply_to) = job.delivery.attributes.get(ATTR_REPLY_TO) else {
+            continue;
+        };
+        let body = serde_json::to_vec(report)
+            .map_err(|e| nimbus_core::Error::internal("cannot encode report").with_source(e))?;
+        let mut message =
+            OutgoingMessage::new(body).attribute(ATTR_TASK_ID, report.task_id.clone());
+        if let Some(session) = &report.session {
+            message = message.attribute(ATTR_SESSION, session.clone());
+        }
+        by_queue.entry(reply_to.clone()).or_default().push(message);
+    }
+    for (queue, messages) in by_queue {
+        let queue = QueueName::new(queue)?;
+        for chunk in messages.chunks(MAX_BATCH) {
+            shared
+                .engine
+                .queue
+                .send_batch(&queue, chunk.to_vec())
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives a task back for a retry: drops the claim and hides the message for the backoff.
+async fn retry(shared: &Shared, c: Completion) {
+    let Outcome::RetryAfter { delay, reason } = &c.outcome else {
+        return;
+    };
+    let doublings = c.job.delivery.receive_count.saturating_sub(1).min(20);
+    let backoff = delay
+        .saturating_mul(1 << doublings)
+        .min(MAX_VISIBILITY_TIMEOUT);
+    tracing::info!(task_id = %c.job.task_id, reason, ?backoff, attempt = c.job.delivery.receive_count, "task will be retried");
+    if let (Some(version), Ok(key)) = (c.job.version, claim_key(&c.job.task_id)) {
+        if let Err(e) = shared
+            .engine
+            .ledger
+            .delete(&key, Condition::Version(version))
+            .await
+        {
+            tracing::warn!(task_id = %c.job.task_id, error = %e, "could not drop the claim; it expires with its lease");
+        }
+    }
+    if let Err(e) = hide(shared, &c.job, backoff).await {
+        tracing::warn!(task_id = %c.job.task_id, error = %e, "could not schedule the retry; the message returns after its timeout");
+    }
+    shared.counters.retried.fetch_add(1, Ordering::Relaxed);
+}

@@ -1,0 +1,404 @@
+//! The worker runtime on the embedded engine: success, duplicates, panics, heartbeats, retries,
+//! dead-lettering, shutdown with release, and takeover of a dead owner's task.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nimbus_core::task::{ATTR_KIND, ATTR_REPLY_TO, ATTR_TASK_ID};
+use nimbus_core::{
+    Condition, DeadLetter, Engine, OutgoingMessage, QueueName, QueueOptions, ReceiveRequest,
+    TaskReport, TaskStatus,
+};
+use nimbus_worker::claim::{claim_key, Claim};
+use nimbus_worker::{Handler, Handlers, Outcome, TaskContext, Worker, WorkerConfig, WorkerStats};
+use tokio_util::sync::CancellationToken;
+
+struct Setup {
+    engine: Engine,
+    work: QueueName,
+    replies: QueueName,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(options: QueueOptions) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = nimbus_sqlite::SqliteEngine::open(dir.path().join("db"), Default::default())
+        .unwrap()
+        .into_engine(dir.path().join("blobs"))
+        .unwrap();
+    let work = QueueName::new("work").unwrap();
+    let replies = QueueName::new("replies").unwrap();
+    if let Some(dl) = &options.dead_letter {
+        engine
+            .queue
+            .create_queue(&dl.queue, &QueueOptions::default())
+            .await
+            .unwrap();
+    }
+    engine.queue.create_queue(&work, &options).await.unwrap();
+    engine
+        .queue
+        .create_queue(&replies, &QueueOptions::default())
+        .await
+        .unwrap();
+    Setup {
+        engine,
+        work,
+        replies,
+        _dir: dir,
+    }
+}
+
+fn task(id: &str, kind: &str, body: &str) -> OutgoingMessage {
+    OutgoingMessage::new(body.to_string())
+        .attribute(ATTR_KIND, kind)
+        .attribute(ATTR_TASK_ID, id)
+        .attribute(ATTR_REPLY_TO, "replies")
+}
+
+fn config(s: &Setup, id: &str) -> WorkerConfig {
+    WorkerConfig {
+        worker_id: id.into(),
+        queues: vec![s.work.clone()],
+        concurrency: 8,
+        visibility: Duration::from_secs(5),
+        poll_wait: Duration::from_millis(100),
+        grace: Duration::from_secs(5),
+        exit_when_idle: Some(Duration::from_millis(600)),
+        ..WorkerConfig::default()
+    }
+}
+
+async fn reports(s: &Setup) -> Vec<TaskReport> {
+    let mut out = Vec::new();
+    loop {
+        let got = s
+            .engine
+            .queue
+            .receive(&s.replies, ReceiveRequest::new(1000))
+            .await
+            .unwrap();
+        if got.is_empty() {
+            return out;
+        }
+        out.extend(
+            got.iter()
+                .map(|d| serde_json::from_slice::<TaskReport>(&d.body).unwrap()),
+        );
+    }
+}
+
+/// Counts runs; sleeps for the millisecond count in the body; panics on "panic"; retries on "retry" until the second delivery.
+#[derive(Clone, Default)]
+struct Probe {
+    runs: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Handler for Probe {
+    async fn handle(&self, task: &TaskContext) -> Outcome {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        let body = String::from_utf8_lossy(&task.delivery.body).into_owned();
+        match body.as_str() {
+            "panic" => panic!("probe asked to panic"),
+            "retry" if task.delivery.receive_count < 2 => Outcome::RetryAfter {
+                delay: Duration::from_millis(50),
+                reason: "try again".into(),
+            },
+            "always-retry" => Outcome::RetryAfter {
+                delay: Duration::from_millis(10),
+                reason: "never works".into(),
+            },
+            ms => {
+                let ms: u64 = ms.parse().unwrap_or(0);
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(ms)) => Outcome::Done { output: "ok".into() },
+                    () = task.cancel.cancelled() => Outcome::Failed("cancelled".into()),
+                }
+            }
+        }
+    }
+}
+
+async fn run_worker(
+    s: &Setup,
+    id: &str,
+    probe: &Probe,
+    tweak: impl FnOnce(&mut WorkerConfig),
+) -> WorkerStats {
+    let mut cfg = config(s, id);
+    tweak(&mut cfg);
+    Worker::new(
+        s.engine.clone(),
+        Handlers::default().with("probe", probe.clone()),
+        cfg,
+    )
+    .run(CancellationToken::new())
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_task_runs_once_reports_and_is_deleted() {
+    let s = setup(QueueOptions::default()).await;
+    let batch = (0..200)
+        .map(|i| task(&format!("t{i}"), "probe", "0"))
+        .collect();
+    s.engine.queue.send_batch(&s.work, batch).await.unwrap();
+    let probe = Probe::default();
+    let stats = run_worker(&s, "w1", &probe, |_| {}).await;
+    assert_eq!(stats.succeeded, 200);
+    assert_eq!(probe.runs.load(Ordering::SeqCst), 200);
+    let reports = reports(&s).await;
+    assert_eq!(reports.len(), 200, "one report per task");
+    assert!(reports
+        .iter()
+        .all(|r| r.status == TaskStatus::Succeeded && r.worker_id == "w1" && r.output_bytes == 2));
+    assert_eq!(
+        s.engine.queue.depth(&s.work).await.unwrap(),
+        Default::default(),
+        "every message deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_task_id_submitted_twice_runs_once() {
+    let s = setup(QueueOptions::default()).await;
+    s.engine
+        .queue
+        .send(&s.work, task("same", "probe", "0"))
+        .await
+        .unwrap();
+    let probe = Probe::default();
+    run_worker(&s, "w1", &probe, |_| {}).await;
+    s.engine
+        .queue
+        .send(&s.work, task("same", "probe", "0"))
+        .await
+        .unwrap();
+    let stats = run_worker(&s, "w2", &probe, |_| {}).await;
+    assert_eq!(
+        probe.runs.load(Ordering::SeqCst),
+        1,
+        "the duplicate did not run"
+    );
+    assert_eq!(stats.duplicates, 1);
+    assert_eq!(
+        reports(&s).await.len(),
+        1,
+        "a duplicate submission is not reported again"
+    );
+    assert_eq!(
+        s.engine.queue.depth(&s.work).await.unwrap(),
+        Default::default(),
+        "the duplicate was acknowledged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_fails_its_task_and_the_worker_goes_on() {
+    let s = setup(QueueOptions::default()).await;
+    let batch = vec![
+        task("boom", "probe", "panic"),
+        task("fine", "probe", "0"),
+        task("odd", "nope", "0"),
+    ];
+    s.engine.queue.send_batch(&s.work, batch).await.unwrap();
+    let stats = run_worker(&s, "w1", &Probe::default(), |_| {}).await;
+    assert_eq!((stats.succeeded, stats.failed), (1, 2));
+    let mut reports = reports(&s).await;
+    reports.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    assert_eq!(reports[0].task_id, "boom");
+    assert!(
+        reports[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("probe asked to panic"),
+        "{:?}",
+        reports[0].error
+    );
+    assert_eq!(reports[2].task_id, "odd");
+    assert!(reports[2]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("no handler for kind `nope`"));
+    assert_eq!(
+        s.engine.queue.depth(&s.work).await.unwrap(),
+        Default::default(),
+        "failures are acknowledged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_task_keeps_its_lease_and_no_second_worker_runs_it() {
+    let s = setup(QueueOptions::default()).await;
+    s.engine
+        .queue
+        .send(&s.work, task("long", "probe", "1500"))
+        .await
+        .unwrap();
+    let probe = Probe::default();
+    let short = |c: &mut WorkerConfig| c.visibility = Duration::from_millis(400);
+    let (a, b) = tokio::join!(run_worker(&s, "a", &probe, short), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        run_worker(&s, "b", &probe, |c| {
+            c.visibility = Duration::from_millis(400);
+            c.exit_when_idle = Some(Duration::from_millis(2000));
+        })
+        .await
+    });
+    assert_eq!(
+        probe.runs.load(Ordering::SeqCst),
+        1,
+        "the task ran once across two workers for 3.75 leases"
+    );
+    assert_eq!(a.succeeded + b.succeeded, 1);
+    assert_eq!(
+        reports(&s).await[0].attempt,
+        1,
+        "the first delivery finished it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_brings_the_task_back_and_max_receives_dead_letters() {
+    let dlq = QueueName::new("work-dlq").unwrap();
+    let s = setup(QueueOptions {
+        dead_letter: Some(DeadLetter {
+            queue: dlq.clone(),
+            max_receives: 3,
+        }),
+        ..Default::default()
+    })
+    .await;
+    s.engine
+        .queue
+        .send_batch(
+            &s.work,
+            vec![
+                task("flaky", "probe", "retry"),
+                task("broken", "probe", "always-retry"),
+            ],
+        )
+        .await
+        .unwrap();
+    let probe = Probe::default();
+    let stats = run_worker(&s, "w1", &probe, |c| {
+        c.exit_when_idle = Some(Duration::from_millis(1500))
+    })
+    .await;
+    assert_eq!(
+        stats.succeeded, 1,
+        "the flaky task succeeded on its second delivery"
+    );
+    let reports = reports(&s).await;
+    assert_eq!(
+        (
+            reports.len(),
+            reports[0].task_id.as_str(),
+            reports[0].attempt
+        ),
+        (1, "flaky", 2)
+    );
+    let dead = s
+        .engine
+        .queue
+        .receive(&dlq, ReceiveRequest::new(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        dead.len(),
+        1,
+        "the always-failing task was dead-lettered, not dropped"
+    );
+    assert_eq!(
+        dead[0].attributes.get(ATTR_TASK_ID).map(String::as_str),
+        Some("broken")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_past_the_grace_period_releases_unfinished_tasks() {
+    let s = setup(QueueOptions::default()).await;
+    s.engine
+        .queue
+        .send(&s.work, task("slow", "probe", "60000"))
+        .await
+        .unwrap();
+    let probe = Probe::default();
+    let mut cfg = config(&s, "w1");
+    cfg.grace = Duration::from_millis(300);
+    cfg.exit_when_idle = None;
+    let shutdown = CancellationToken::new();
+    let worker = Worker::new(
+        s.engine.clone(),
+        Handlers::default().with("probe", probe.clone()),
+        cfg,
+    );
+    let run = tokio::spawn(worker.run(shutdown.clone()));
+    while probe.runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = tokio::time::Instant::now();
+    shutdown.cancel();
+    let stats = run.await.unwrap().unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "stopped within the grace period, took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(stats.released, 1);
+    let depth = s.engine.queue.depth(&s.work).await.unwrap();
+    assert_eq!(
+        depth.visible, 1,
+        "the released message is visible at once: {depth:?}"
+    );
+    assert_eq!(
+        s.engine
+            .ledger
+            .get(&claim_key("slow").unwrap())
+            .await
+            .unwrap(),
+        None,
+        "and its claim is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_owner_died_is_taken_over() {
+    let s = setup(QueueOptions::default()).await;
+    let id = s
+        .engine
+        .queue
+        .send(&s.work, task("orphan", "probe", "0"))
+        .await
+        .unwrap();
+    let dead_owner = Claim::running("dead-worker", &id, Duration::ZERO);
+    s.engine
+        .ledger
+        .put(
+            &claim_key("orphan").unwrap(),
+            dead_owner.encode(),
+            Condition::Always,
+        )
+        .await
+        .unwrap();
+    let probe = Probe::default();
+    let stats = run_worker(&s, "w1", &probe, |_| {}).await;
+    assert_eq!((stats.succeeded, probe.runs.load(Ordering::SeqCst)), (1, 1));
+    let item = s
+        .engine
+        .ledger
+        .get(&claim_key("orphan").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(Claim::decode(&item.value).unwrap(), Claim::Ended { .. }),
+        "the claim ended under the new owner"
+    );
+}
