@@ -1,5 +1,6 @@
 //! The command line: every subcommand, its flags and their help.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -41,9 +42,93 @@ pub enum Command {
     /// Work with the ledger: get, put, add, list.
     #[command(subcommand)]
     Ledger(LedgerCmd),
+    /// Run a worker: receive tasks from queues and run them until stopped (Ctrl-C, SIGTERM).
+    Worker(WorkerArgs),
+    /// The CloudKon task framework (seed 002): generate, submit, run locally, check.
+    #[command(subcommand)]
+    Tasks(TasksCmd),
     /// Benchmarks; figures go to docs/benchmarks.md.
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// A queue to receive from (repeatable).
+    #[arg(long = "queue", default_value = nimbus_workloads::tasks::TASKS_QUEUE)]
+    pub queues: Vec<String>,
+    /// Tasks run at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Most messages per receive.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Lease of each delivery, renewed every half of it while a task runs.
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    pub visibility: Duration,
+    /// How long running tasks may finish after Ctrl-C or SIGTERM before they are given back.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub grace: Duration,
+    /// Exit after this long with nothing to do (the seed's workers ran until the queue was empty).
+    #[arg(long, value_parser = duration)]
+    pub exit_when_idle: Option<Duration>,
+    /// Allow shell tasks whose whole command line matches this regex (default: only `sleep MS`).
+    #[arg(long)]
+    pub allow_exec: Option<String>,
+    /// Names this worker in claims and reports (default: host-pid).
+    #[arg(long)]
+    pub worker_id: Option<String>,
+    /// Skip the ledger claim: at-least-once instead of effectively-once.
+    #[arg(long)]
+    pub no_dedup: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TasksCmd {
+    /// Write a workload file: COUNT lines of TASK (e.g. `tasks gen 10 sleep 10000`; quote a task
+    /// with dashes: `tasks gen 5 "ls -la"`).
+    Gen {
+        count: usize,
+        /// The task: `sleep MS`, or a shell command (workers need --allow-exec for those).
+        #[arg(required = true)]
+        task: Vec<String>,
+        /// The file to write.
+        #[arg(long, short, default_value = "workload.txt")]
+        output: PathBuf,
+    },
+    /// Submit a workload file under a new session; prints the session id.
+    Submit {
+        file: PathBuf,
+        /// The queue workers take tasks from.
+        #[arg(long, default_value = nimbus_workloads::tasks::TASKS_QUEUE)]
+        queue: String,
+        /// The queue reports go to.
+        #[arg(long, default_value = nimbus_workloads::tasks::RESULTS_QUEUE)]
+        reply_to: String,
+    },
+    /// Run a workload file on a local thread pool, no queue at all (the seed's local back end).
+    Local {
+        file: PathBuf,
+        /// Threads in the pool (default: the number of cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Allow shell tasks whose whole command line matches this regex.
+        #[arg(long)]
+        allow_exec: Option<String>,
+    },
+    /// Collect reports from the response queue and say whether every task is accounted for
+    /// (exit status 0 when it is, 1 when tasks are missing).
+    Check {
+        /// The response queue.
+        #[arg(long, default_value = nimbus_workloads::tasks::RESULTS_QUEUE)]
+        queue: String,
+        /// Only this session (default: every session submitted here).
+        #[arg(long)]
+        session: Option<String>,
+        /// Keep collecting up to this long until the sessions are complete.
+        #[arg(long, value_parser = duration, default_value = "0s")]
+        wait: Duration,
+    },
 }
 
 /// A duration such as `30s`, `500ms` or `2m`.

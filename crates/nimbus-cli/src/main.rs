@@ -37,8 +37,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(c) => cmd::queue::run(&cli.engine, c).await,
         Command::Topic(c) => cmd::topic::run(&cli.engine, c).await,
         Command::Ledger(c) => cmd::ledger::run(&cli.engine, c).await,
+        Command::Worker(a) => cmd::worker::run(&cli.engine, a).await,
+        Command::Tasks(c) => cmd::tasks::run(&cli.engine, c).await,
         Command::Bench(c) => cmd::bench::run(&cli.engine, c).await,
     }
+}
+
+/// A token cancelled on the first Ctrl-C or SIGTERM.
+pub fn shutdown_on_signals() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let fired = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminate => {}
+        }
+        tracing::info!("shutdown requested");
+        fired.cancel();
+    });
+    token
 }
 
 fn init_tracing(verbose: u8) {

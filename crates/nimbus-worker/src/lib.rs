@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use nimbus_core::{Delivery, Engine, QueueName};
 use tokio_util::sync::CancellationToken;
 
@@ -19,10 +18,10 @@ pub use runtime::{Worker, WorkerConfig, WorkerStats};
 /// How a handler's run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Success: the message is deleted and a report (with the output's size) is sent.
+    /// Success: the message is deleted and a report is sent.
     Done {
-        /// The task's output.
-        output: Bytes,
+        /// The size of what the task produced (its output lives where the handler put it).
+        output_bytes: u64,
     },
     /// A transient failure: the message comes back after `delay`, doubled on each receive.
     RetryAfter {
@@ -38,9 +37,7 @@ pub enum Outcome {
 impl Outcome {
     /// Success with no output.
     pub fn done() -> Self {
-        Self::Done {
-            output: Bytes::new(),
-        }
+        Self::Done { output_bytes: 0 }
     }
 }
 

@@ -530,7 +530,7 @@ async fn complete_loop(shared: Arc<Shared>, mut done: mpsc::Receiver<Completion>
 
 fn report_of(shared: &Shared, c: &Completion) -> Option<TaskReport> {
     let (status, error, output_bytes) = match &c.outcome {
-        Outcome::Done { output } => (TaskStatus::Succeeded, None, output.len() as u64),
+        Outcome::Done { output_bytes } => (TaskStatus::Succeeded, None, *output_bytes),
         Outcome::Failed(reason) => (TaskStatus::Failed, Some(reason.clone()), 0),
         Outcome::RetryAfter { .. } => return None,
     };

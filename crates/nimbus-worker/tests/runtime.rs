@@ -114,7 +114,7 @@ impl Handler for Probe {
             ms => {
                 let ms: u64 = ms.parse().unwrap_or(0);
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(ms)) => Outcome::Done { output: "ok".into() },
+                    () = tokio::time::sleep(Duration::from_millis(ms)) => Outcome::Done { output_bytes: 2 },
                     () = task.cancel.cancelled() => Outcome::Failed("cancelled".into()),
                 }
             }

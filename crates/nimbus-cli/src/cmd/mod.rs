@@ -3,7 +3,9 @@
 pub mod bench;
 pub mod ledger;
 pub mod queue;
+pub mod tasks;
 pub mod topic;
+pub mod worker;
 
 use nimbus_core::queue::Attributes;
 

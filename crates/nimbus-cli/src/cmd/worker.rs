@@ -1,0 +1,63 @@
+//! `nimbus worker`: the worker runtime as a process, with the task handler registered.
+
+use anyhow::Context;
+use nimbus_core::QueueName;
+use nimbus_worker::{Handlers, Worker, WorkerConfig};
+use nimbus_workloads::tasks::{ExecPolicy, TaskHandler, KIND};
+
+use crate::args::{EngineArgs, WorkerArgs};
+use crate::engine_url;
+
+pub async fn run(engine: &EngineArgs, args: WorkerArgs) -> anyhow::Result<()> {
+    let engine = engine_url::open(engine)?;
+    let policy = match &args.allow_exec {
+        Some(pattern) => ExecPolicy::allow(pattern).map_err(anyhow::Error::msg)?,
+        None => ExecPolicy::default(),
+    };
+    let queues = args
+        .queues
+        .iter()
+        .map(|q| QueueName::new(q.as_str()))
+        .collect::<Result<Vec<_>, _>>()?;
+    for q in &queues {
+        engine
+            .queue
+            .queue_options(q)
+            .await
+            .with_context(|| format!("cannot work on queue `{q}`"))?;
+    }
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    let config = WorkerConfig {
+        worker_id: args.worker_id.unwrap_or_else(default_worker_id),
+        queues,
+        concurrency: args.concurrency,
+        batch: args.batch,
+        visibility: args.visibility,
+        grace: args.grace,
+        exit_when_idle: args.exit_when_idle,
+        dedup: !args.no_dedup,
+        ..WorkerConfig::default()
+    };
+    let handlers = Handlers::default().with(KIND, TaskHandler::new(policy));
+    let id = config.worker_id.clone();
+    let stats = Worker::new(engine, handlers, config)
+        .run(crate::shutdown_on_signals())
+        .await?;
+    eprintln!(
+        "worker {id} stopped: {} succeeded, {} failed, {} retried, {} duplicates skipped, {} released",
+        stats.succeeded, stats.failed, stats.retried, stats.duplicates, stats.released
+    );
+    Ok(())
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "local".to_string()
+    } else {
+        host
+    };
+    format!("{host}-{}", std::process::id())
+}

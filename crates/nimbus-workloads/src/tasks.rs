@@ -1,0 +1,329 @@
+//! Seed 002's tasks: `sleep MS` always, and shell commands only where the worker allows them.
+//! The same code runs a task on a worker (async) and in the local thread pool (blocking).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nimbus_worker::{Handler, Outcome, TaskContext};
+use regex_lite::Regex;
+use tokio::io::AsyncReadExt;
+
+/// The queue tasks go to unless told otherwise.
+pub const TASKS_QUEUE: &str = "tasks";
+/// The queue task reports go to unless told otherwise.
+pub const RESULTS_QUEUE: &str = "task-results";
+
+/// The handler kind of tasks.
+pub const KIND: &str = "task";
+
+/// The most bytes of a failing command's standard error quoted in its report.
+const STDERR_QUOTE: usize = 400;
+
+/// One line of a workload file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskSpec {
+    /// `sleep MS`: sleep that many milliseconds (the seed's unit).
+    Sleep(Duration),
+    /// Any other line: a shell command, run with `sh -c` where allowed.
+    Shell(String),
+}
+
+impl std::str::FromStr for TaskSpec {
+    type Err = String;
+
+    fn from_str(line: &str) -> Result<Self, String> {
+        let line = line.trim();
+        if line.is_empty() {
+            return Err("empty task".into());
+        }
+        let mut words = line.split_whitespace();
+        if words.next() == Some("sleep") {
+            let arg = words
+                .next()
+                .ok_or("`sleep` needs a duration in milliseconds")?;
+            if words.next().is_some() {
+                return Err(format!("`{line}`: sleep takes one argument, milliseconds"));
+            }
+            let ms: u64 = arg
+                .parse()
+                .map_err(|_| format!("`{line}`: `{arg}` is not a whole number of milliseconds"))?;
+            return Ok(Self::Sleep(Duration::from_millis(ms)));
+        }
+        Ok(Self::Shell(line.to_string()))
+    }
+}
+
+/// Which shell commands may run: none, or those a regular expression matches in full.
+#[derive(Debug, Clone, Default)]
+pub struct ExecPolicy {
+    allow: Option<Regex>,
+}
+
+impl ExecPolicy {
+    /// Allows commands that `pattern` matches as a whole (it is anchored at both ends, so
+    /// `echo .*` does not allow `rm -rf /; echo x`).
+    pub fn allow(pattern: &str) -> Result<Self, String> {
+        let anchored = format!("^(?:{pattern})$");
+        let regex = Regex::new(&anchored)
+            .map_err(|e| format!("--allow-exec `{pattern}` is not a valid regex: {e}"))?;
+        Ok(Self { allow: Some(regex) })
+    }
+
+    /// Why `command` may not run, if it may not.
+    pub fn refusal(&self, command: &str) -> Option<String> {
+        match &self.allow {
+            None => Some(format!("shell command `{command}` refused: this worker runs only `sleep MS` (start it with --allow-exec PATTERN)")),
+            Some(re) if !re.is_match(command) => {
+                Some(format!("shell command `{command}` refused: it does not match --allow-exec `{}`", pattern_of(re)))
+            }
+            Some(_) => None,
+        }
+    }
+}
+
+fn pattern_of(re: &Regex) -> &str {
+    let s = re.as_str();
+    s.strip_prefix("^(?:")
+        .and_then(|s| s.strip_suffix(")$"))
+        .unwrap_or(s)
+}
+
+/// What a task produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TaskOutput {
+    /// Bytes written to standard output.
+    pub bytes: u64,
+}
+
+fn failure_of(status: std::process::ExitStatus, stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let tail: String = text
+        .trim()
+        .chars()
+        .rev()
+        .take(STDERR_QUOTE)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    if tail.is_empty() {
+        format!("command exited with {status}")
+    } else {
+        format!("command exited with {status}: {tail}")
+    }
+}
+
+/// Runs a task on the async runtime; `env` is passed to shell commands.
+pub async fn run(
+    spec: &TaskSpec,
+    policy: &ExecPolicy,
+    env: &[(&str, &str)],
+) -> Result<TaskOutput, String> {
+    match spec {
+        TaskSpec::Sleep(d) => {
+            if !d.is_zero() {
+                tokio::time::sleep(*d).await;
+            }
+            Ok(TaskOutput::default())
+        }
+        TaskSpec::Shell(command) => {
+            if let Some(refusal) = policy.refusal(command) {
+                return Err(refusal);
+            }
+            let mut child = tokio::process::Command::new("sh")
+                .args(["-c", command])
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| format!("cannot start `sh`: {e}"))?;
+            let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+            let count_stdout = async {
+                let mut total = 0u64;
+                let mut buf = [0u8; 8192];
+                if let Some(out) = out.as_mut() {
+                    while let Ok(n) = out.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        total += n as u64;
+                    }
+                }
+                total
+            };
+            let read_stderr = async {
+                let mut text = Vec::new();
+                if let Some(err) = err.as_mut() {
+                    let _ = err.take(64 * 1024).read_to_end(&mut text).await;
+                }
+                text
+            };
+            let (bytes, stderr, status) = tokio::join!(count_stdout, read_stderr, child.wait());
+            let status = status.map_err(|e| format!("waiting for the command failed: {e}"))?;
+            if status.success() {
+                Ok(TaskOutput { bytes })
+            } else {
+                Err(failure_of(status, &stderr))
+            }
+        }
+    }
+}
+
+/// Runs a task on the calling thread (the local back end's thread pool).
+pub fn run_blocking(spec: &TaskSpec, policy: &ExecPolicy) -> Result<TaskOutput, String> {
+    match spec {
+        TaskSpec::Sleep(d) => {
+            if !d.is_zero() {
+                std::thread::sleep(*d);
+            }
+            Ok(TaskOutput::default())
+        }
+        TaskSpec::Shell(command) => {
+            if let Some(refusal) = policy.refusal(command) {
+                return Err(refusal);
+            }
+            let out = std::process::Command::new("sh")
+                .args(["-c", command])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("cannot start `sh`: {e}"))?;
+            if out.status.success() {
+                Ok(TaskOutput {
+                    bytes: out.stdout.len() as u64,
+                })
+            } else {
+                Err(failure_of(out.status, &out.stderr))
+            }
+        }
+    }
+}
+
+/// The worker handler for tasks; shell commands see `NIMBUS_TASK_ID` and `NIMBUS_WORKER_ID`.
+#[derive(Debug, Clone, Default)]
+pub struct TaskHandler {
+    policy: ExecPolicy,
+}
+
+impl TaskHandler {
+    /// A handler that runs shell commands as `policy` allows.
+    pub fn new(policy: ExecPolicy) -> Self {
+        Self { policy }
+    }
+}
+
+#[async_trait]
+impl Handler for TaskHandler {
+    async fn handle(&self, task: &TaskContext) -> Outcome {
+        let Ok(line) = std::str::from_utf8(&task.delivery.body) else {
+            return Outcome::Failed("task is not UTF-8 text".into());
+        };
+        let spec: TaskSpec = match line.parse() {
+            Ok(spec) => spec,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let env = [
+            ("NIMBUS_TASK_ID", task.task_id.as_str()),
+            ("NIMBUS_WORKER_ID", task.worker_id.as_str()),
+        ];
+        tokio::select! {
+            result = run(&spec, &self.policy, &env) => match result {
+                Ok(out) => Outcome::Done { output_bytes: out.bytes },
+                Err(e) => Outcome::Failed(e),
+            },
+            () = task.cancel.cancelled() => Outcome::Failed("cancelled: the worker gave the task up".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sleep_and_shell_lines_and_names_bad_ones() {
+        assert_eq!(
+            "sleep 10000".parse(),
+            Ok(TaskSpec::Sleep(Duration::from_secs(10)))
+        );
+        assert_eq!("  sleep 0 ".parse(), Ok(TaskSpec::Sleep(Duration::ZERO)));
+        assert_eq!("echo hi".parse(), Ok(TaskSpec::Shell("echo hi".into())));
+        assert!("".parse::<TaskSpec>().unwrap_err().contains("empty"));
+        assert!("sleep"
+            .parse::<TaskSpec>()
+            .unwrap_err()
+            .contains("milliseconds"));
+        assert!("sleep 1.5"
+            .parse::<TaskSpec>()
+            .unwrap_err()
+            .contains("`1.5`"));
+        assert!("sleep 1 2"
+            .parse::<TaskSpec>()
+            .unwrap_err()
+            .contains("one argument"));
+    }
+
+    #[test]
+    fn the_exec_policy_matches_whole_command_lines() {
+        assert!(ExecPolicy::default()
+            .refusal("echo hi")
+            .unwrap()
+            .contains("--allow-exec"));
+        let echo = ExecPolicy::allow("echo [a-z]+").unwrap();
+        assert_eq!(echo.refusal("echo hi"), None);
+        assert!(echo
+            .refusal("echo hi; rm -rf /")
+            .unwrap()
+            .contains("does not match --allow-exec `echo [a-z]+`"));
+        assert!(ExecPolicy::allow("(")
+            .unwrap_err()
+            .contains("not a valid regex"));
+    }
+
+    #[tokio::test]
+    async fn shell_tasks_report_output_size_and_failures() {
+        let any = ExecPolicy::allow(".*").unwrap();
+        let ok = run(&TaskSpec::Shell("printf hello".into()), &any, &[])
+            .await
+            .unwrap();
+        assert_eq!(ok.bytes, 5);
+        let env = run(
+            &TaskSpec::Shell("printf %s \"$NIMBUS_TASK_ID\"".into()),
+            &any,
+            &[("NIMBUS_TASK_ID", "t-42")],
+        )
+        .await;
+        assert_eq!(env.unwrap().bytes, 4, "the task id reaches the command");
+        let err = run(
+            &TaskSpec::Shell("echo broken >&2; exit 3".into()),
+            &any,
+            &[],
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.contains("exit status: 3") && err.contains("broken"),
+            "{err}"
+        );
+        let refused = run(&TaskSpec::Shell("true".into()), &ExecPolicy::default(), &[])
+            .await
+            .unwrap_err();
+        assert!(refused.contains("refused"), "{refused}");
+        assert_eq!(
+            run_blocking(&TaskSpec::Shell("printf abc".into()), &any)
+                .unwrap()
+                .bytes,
+            3
+        );
+        assert!(run_blocking(&TaskSpec::Shell("false".into()), &ExecPolicy::default()).is_err());
+        assert_eq!(
+            run_blocking(
+                &TaskSpec::Sleep(Duration::from_millis(1)),
+                &ExecPolicy::default()
+            ),
+            Ok(TaskOutput::default())
+        );
+    }
+}
