@@ -2,6 +2,7 @@
 
 pub mod engine;
 pub mod raw_sqlite;
+pub mod tasks;
 
 /// The median of `values` (0 when empty).
 pub fn median(values: &mut [f64]) -> f64 {

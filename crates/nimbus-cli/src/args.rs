@@ -296,4 +296,29 @@ pub enum BenchCmd {
         #[arg(long)]
         no_baseline: bool,
     },
+    /// Seed 002's experiments: efficiency of 1 to 16 slots on equal total work, and end-to-end
+    /// throughput of no-op tasks through worker processes, beside the local pool and Celery.
+    Tasks {
+        /// Concurrency slots for the efficiency table.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+        slots: Vec<usize>,
+        /// Scales the efficiency workloads (1.0: 10 x 1 s, 100 x 100 ms, 1000 x 10 ms).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Worker processes for the throughput table.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+        workers: Vec<usize>,
+        /// No-op tasks per throughput run.
+        #[arg(long, default_value_t = 10_000)]
+        tasks: usize,
+        /// Concurrency slots of each worker process in the throughput runs.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Skip the efficiency table.
+        #[arg(long)]
+        no_efficiency: bool,
+        /// Also run Celery with Redis on the same tasks (needs `celery[redis]` and redis-server).
+        #[arg(long)]
+        celery: bool,
+    },
 }

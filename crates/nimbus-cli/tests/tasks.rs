@@ -1,5 +1,6 @@
 //! The task framework through the real `nimbus` binary: gen, submit, worker processes, check;
 //! a worker killed with -9 in the middle of a batch; a worker stopped by SIGTERM.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

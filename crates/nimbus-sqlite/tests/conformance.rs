@@ -1,4 +1,5 @@
 //! The embedded engine against the shared conformance suite, each case on a fresh database.
+#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! The worker runtime on the embedded engine: success, duplicates, panics, heartbeats, retries,
 //! dead-lettering, shutdown with release, and takeover of a dead owner's task.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

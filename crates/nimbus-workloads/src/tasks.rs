@@ -200,6 +200,27 @@ pub fn run_blocking(spec: &TaskSpec, policy: &ExecPolicy) -> Result<TaskOutput, 
     }
 }
 
+/// The local back end (no queue at all): `threads` threads take tasks from a shared index.
+/// Returns the elapsed time and the number of failed tasks.
+pub fn run_pool(specs: &[TaskSpec], threads: usize, policy: &ExecPolicy) -> (Duration, usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(spec) = specs.get(i) else { break };
+                if run_blocking(spec, policy).is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (started.elapsed(), failed.into_inner())
+}
+
 /// The worker handler for tasks; shell commands see `NIMBUS_TASK_ID` and `NIMBUS_WORKER_ID`.
 #[derive(Debug, Clone, Default)]
 pub struct TaskHandler {

@@ -1,9 +1,13 @@
-//! `nimbus bench ...`: runs a benchmark and prints its figures as a Markdown table.
+//! `nimbus bench ...`: runs a benchmark and prints its figures as Markdown tables.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use nimbus_bench::engine::{EngineBench, SCENARIOS};
+use nimbus_bench::tasks::{
+    in_process, local_pool, prepare, submit_and_wait, WorkerProcesses, Workload,
+};
 use nimbus_bench::{median, raw_sqlite};
 use nimbus_sqlite::{SqliteEngine, SqliteOptions};
 
@@ -31,10 +35,41 @@ pub async fn run(_engine: &EngineArgs, cmd: BenchCmd) -> anyhow::Result<()> {
             )
             .await
         }
+        BenchCmd::Tasks {
+            slots,
+            scale,
+            workers,
+            tasks: count,
+            concurrency,
+            no_efficiency,
+            celery,
+        } => {
+            anyhow::ensure!(
+                scale > 0.0 && count > 0,
+                "--scale and --tasks must be positive"
+            );
+            anyhow::ensure!(
+                slots.iter().chain(&workers).all(|&n| n > 0),
+                "slot and worker counts must be at least 1"
+            );
+            if !no_efficiency {
+                efficiency(&slots, scale).await?;
+            }
+            throughput(&workers, count, concurrency, celery).await
+        }
     }
 }
 
-/// The embedded engine on a fresh temporary database, so a benchmark never touches user data.
+/// A fresh embedded engine in a temporary directory, so a benchmark never touches user data.
+fn scratch_engine() -> anyhow::Result<(tempfile::TempDir, std::path::PathBuf, nimbus_core::Engine)>
+{
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let db = dir.path().join("bench.db");
+    let engine =
+        SqliteEngine::open(&db, SqliteOptions::default())?.into_engine(dir.path().join("blobs"))?;
+    Ok((dir, db, engine))
+}
+
 async fn engine(bench: EngineBench, baseline: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let sqlite = SqliteEngine::open(dir.path().join("bench.db"), SqliteOptions::default())?;
@@ -68,4 +103,118 @@ async fn engine(bench: EngineBench, baseline: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+async fn efficiency(slots: &[usize], scale: f64) -> anyhow::Result<()> {
+    let ms = |base: f64| (base * scale).round().max(1.0) as u64;
+    let workloads = [
+        Workload {
+            count: 10,
+            ms: ms(1000.0),
+        },
+        Workload {
+            count: 100,
+            ms: ms(100.0),
+        },
+        Workload {
+            count: 1000,
+            ms: ms(10.0),
+        },
+    ];
+    println!("\nEfficiency: one worker with N concurrency slots, embedded engine, end to end (submit to every report collected)");
+    println!("time in seconds (efficiency = ideal time / measured time; ideal = whole waves of tasks x task time)\n");
+    let header: Vec<String> = workloads.iter().map(ToString::to_string).collect();
+    println!(
+        "| slots | {} |\n| ---: |{}",
+        header.join(" | "),
+        " ---: |".repeat(workloads.len())
+    );
+    for &n in slots {
+        let mut cells = Vec::new();
+        for w in &workloads {
+            let (_dir, _db, engine) = scratch_engine()?;
+            let took = in_process(engine, n, &w.lines()).await?;
+            let eff = w.ideal(n).as_secs_f64() / took.as_secs_f64();
+            cells.push(format!("{:.3} ({:.1} %)", took.as_secs_f64(), eff * 100.0));
+        }
+        println!("| {n} | {} |", cells.join(" | "));
+    }
+    Ok(())
+}
+
+async fn throughput(
+    workers: &[usize],
+    count: usize,
+    concurrency: usize,
+    celery: bool,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the nimbus binary")?;
+    let lines = vec!["sleep 0".to_string(); count];
+    println!(
+        "\nThroughput: {count} no-op tasks (`sleep 0`) end to end: submit, run, report, collect"
+    );
+    println!("\n| back end | workers | tasks/s |\n| --- | ---: | ---: |");
+    for &n in workers {
+        let (_dir, db, engine) = scratch_engine()?;
+        prepare(&engine).await?;
+        let processes = WorkerProcesses::start(&exe, &db, n, concurrency)?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let took = submit_and_wait(&engine, &lines).await?;
+        drop(processes);
+        println!(
+            "| nimbus worker processes ({concurrency} slots each), embedded engine | {n} | {:.0} |",
+            count as f64 / took.as_secs_f64()
+        );
+    }
+    for &n in workers {
+        let took = tokio::task::spawn_blocking(move || local_pool(n, count)).await?;
+        println!(
+            "| local thread pool (no queue) | {n} | {:.0} |",
+            count as f64 / took.as_secs_f64()
+        );
+    }
+    if celery {
+        for &n in workers {
+            match celery_peer(count, n).await {
+                Ok(rate) => {
+                    println!("| Celery + Redis (prefork, results kept) | {n} | {rate:.0} |")
+                }
+                Err(e) => {
+                    println!("| Celery + Redis | {n} | not run: {e:#} |");
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `bench/celery_peer.py`, which prints `tasks_per_second N` last.
+async fn celery_peer(count: usize, workers: usize) -> anyhow::Result<f64> {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/celery_peer.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args([
+            "--tasks",
+            &count.to_string(),
+            "--workers",
+            &workers.to_string(),
+        ])
+        .output()
+        .await
+        .context("cannot run python3")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "{} {}",
+        stdout.trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("tasks_per_second "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("the Celery script printed no tasks_per_second line")
 }

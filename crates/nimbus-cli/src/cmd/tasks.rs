@@ -1,13 +1,12 @@
 //! `nimbus tasks ...`: seed 002's tools: gen, submit, local, check.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nimbus_core::QueueName;
 use nimbus_workloads::sessions;
-use nimbus_workloads::tasks::{run_blocking, ExecPolicy, TaskSpec};
+use nimbus_workloads::tasks::{run_pool, ExecPolicy, TaskSpec};
 
 use crate::args::{EngineArgs, TasksCmd};
 use crate::engine_url;
@@ -74,7 +73,7 @@ pub async fn run(engine: &EngineArgs, cmd: TasksCmd) -> anyhow::Result<()> {
             let threads = threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
                 .max(1);
-            let (elapsed, failed) = run_local(&specs, threads, &policy);
+            let (elapsed, failed) = run_pool(&specs, threads, &policy);
             let n = specs.len();
             println!(
                 "{n} tasks on {threads} thread(s) in {:.3} s: {} succeeded, {failed} failed, {:.0} tasks/s",
@@ -106,25 +105,6 @@ fn read_workload(file: &Path) -> anyhow::Result<Vec<String>> {
         file.display()
     );
     Ok(lines)
-}
-
-/// The local back end: `threads` threads take tasks from a shared index.
-pub fn run_local(specs: &[TaskSpec], threads: usize, policy: &ExecPolicy) -> (Duration, usize) {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicUsize::new(0);
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(spec) = specs.get(i) else { break };
-                if run_blocking(spec, policy).is_err() {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        }
-    });
-    (started.elapsed(), failed.into_inner())
 }
 
 async fn check(
