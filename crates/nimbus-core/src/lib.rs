@@ -2,6 +2,7 @@
 //! semantics, their limits, and the engine-neutral error. No IO framework and no cloud SDK here.
 
 pub mod error;
+pub mod job;
 pub mod ledger;
 pub mod names;
 pub mod queue;
@@ -11,6 +12,7 @@ pub mod topic;
 use std::sync::Arc;
 
 pub use error::{Error, ErrorKind, Result};
+pub use job::{Job, JobEvent, JobState, Progress};
 pub use ledger::{Condition, Item, ItemKey, Ledger};
 pub use names::{QueueName, TopicName};
 pub use object_store::ObjectStore;

@@ -1,5 +1,7 @@
-//! The job kinds nimbus runs on its worker runtime. Today: `tasks` (seed 002's CloudKon tasks)
-//! and their `sessions` (submit, collect, check).
+//! The job kinds nimbus runs on its worker runtime: `atoms` (seed 000's atom-effect calculator),
+//! `tasks` (seed 002's CloudKon tasks) and their `sessions`; and `jobs`, the job store.
 
+pub mod atoms;
+pub mod jobs;
 pub mod sessions;
 pub mod tasks;

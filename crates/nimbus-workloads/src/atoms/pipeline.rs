@@ -1,0 +1,448 @@
+//! The generator and solver handlers of the atoms pipeline.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use nimbus_core::task::{ATTR_KIND, ATTR_TASK_ID};
+use nimbus_core::{
+    Condition, Error, ItemKey, JobEvent, JobState, OutgoingMessage, QueueName, Result,
+};
+use nimbus_worker::{Handler, Outcome, TaskContext};
+use object_store::path::Path as BlobPath;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::kernel::{self, Atoms, Minimum};
+use super::{generate, slabs, AtomsParams};
+use crate::jobs::{now_ms, JobStore};
+
+/// The generator's queue and handler kind.
+pub const GENERATE: &str = "atoms-generate";
+/// The solvers' queue and handler kind.
+pub const SOLVE: &str = "atoms-solve";
+/// At most one progress event per job per process in this interval (~20 a second).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct GenerateMessage {
+    job_id: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SolveMessage {
+    job_id: String,
+    z0: u32,
+    z1: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Partial {
+    value: f64,
+    point: [u32; 3],
+}
+
+fn blob(job_id: &str, name: &str) -> BlobPath {
+    BlobPath::from(format!("jobs/{job_id}/{name}"))
+}
+
+fn job_key(job_id: &str, sort: &str) -> Result<ItemKey> {
+    ItemKey::new(format!("job#{job_id}"), sort)
+}
+
+fn blob_error(e: object_store::Error) -> Error {
+    let kind = match e {
+        object_store::Error::NotFound { .. } => nimbus_core::ErrorKind::NotFound,
+        _ => nimbus_core::ErrorKind::Unavailable,
+    };
+    Error::new(kind, format!("blob store: {e}")).with_source(e)
+}
+
+/// Maps a step's error to the worker outcome: transient errors retry, others fail the job.
+async fn outcome(store: &JobStore, job_id: &str, result: Result<()>) -> Outcome {
+    match result {
+        Ok(()) => Outcome::done(),
+        Err(e) if e.is_retryable() => Outcome::RetryAfter {
+            delay: Duration::from_secs(1),
+            reason: e.to_string(),
+        },
+        Err(e) => {
+            if let Err(fail) = store.fail(job_id, &e.to_string()).await {
+                tracing::warn!(job_id, error = %fail, "could not mark the job failed");
+            }
+            Outcome::Failed(e.to_string())
+        }
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(task: &TaskContext) -> std::result::Result<T, Outcome> {
+    serde_json::from_slice(&task.delivery.body)
+        .map_err(|e| Outcome::Failed(format!("malformed message: {e}")))
+}
+
+/// The seed's JSON object for a job, kept in blobs beside the atoms.
+async fn write_seed_object(
+    store: &JobStore,
+    job_id: &str,
+    object: &serde_json::Value,
+) -> Result<()> {
+    let bytes =
+        serde_json::to_vec(object).map_err(|e| Error::internal("cannot encode").with_source(e))?;
+    store
+        .engine()
+        .blobs
+        .put(&blob(job_id, "job.json"), Bytes::from(bytes).into())
+        .await
+        .map_err(blob_error)?;
+    Ok(())
+}
+
+fn seed_object(n: u32, atoms: &Atoms, result: Option<&serde_json::Value>) -> serde_json::Value {
+    let values: Vec<[f32; 4]> = (0..atoms.len())
+        .map(|i| [atoms.x[i], atoms.y[i], atoms.z[i], atoms.e[i]])
+        .collect();
+    json!({ "Grid size": n, "Atom count": atoms.len(), "Atom values": values, "Result": result })
+}
+
+/// Makes a job's atoms and fans its slabs out to the solvers.
+#[derive(Debug, Clone)]
+pub struct GenerateHandler {
+    store: JobStore,
+}
+
+impl GenerateHandler {
+    /// A generator over `store`.
+    pub fn new(store: JobStore) -> Self {
+        Self { store }
+    }
+
+    async fn run(&self, job_id: &str) -> Result<()> {
+        let job = self.store.get(job_id).await?;
+        if job.state.is_terminal() {
+            return Ok(());
+        }
+        let params: AtomsParams = serde_json::from_value(job.params.clone())
+            .map_err(|e| Error::invalid(format!("job parameters: {e}")))?;
+        let n = params.grid_size;
+        let atoms = match &params.atoms_key {
+            Some(key) => {
+                let bytes = self
+                    .store
+                    .engine()
+                    .blobs
+                    .get(&BlobPath::from(key.as_str()))
+                    .await
+                    .map_err(blob_error)?;
+                let bytes = bytes.bytes().await.map_err(blob_error)?;
+                Atoms::from_bytes(&bytes)
+                    .ok_or_else(|| Error::invalid(format!("uploaded atoms `{key}` are corrupt")))?
+            }
+            None => {
+                let seed = params.seed.unwrap_or_else(|| job.created_ms.unsigned_abs());
+                generate(params.atom_count.unwrap_or(1), n, seed)
+            }
+        };
+        let blobs = &self.store.engine().blobs;
+        blobs
+            .put(
+                &blob(job_id, "atoms.bin"),
+                Bytes::from(atoms.to_bytes()).into(),
+            )
+            .await
+            .map_err(blob_error)?;
+        write_seed_object(&self.store, job_id, &seed_object(n, &atoms, None)).await?;
+        let parts = slabs(n);
+        self.store
+            .engine()
+            .ledger
+            .put(
+                &job_key(job_id, "slabs")?,
+                Bytes::from(parts.len().to_string()),
+                Condition::Always,
+            )
+            .await?;
+        self.store
+            .update(job_id, |j| {
+                let start = j.state == JobState::Queued;
+                if start {
+                    j.state = JobState::Running;
+                }
+                start
+            })
+            .await?;
+        let messages = parts
+            .iter()
+            .map(|&(z0, z1)| {
+                let body = serde_json::to_vec(&SolveMessage {
+                    job_id: job_id.to_string(),
+                    z0,
+                    z1,
+                })
+                .unwrap_or_default();
+                OutgoingMessage::new(body)
+                    .attribute(ATTR_KIND, SOLVE)
+                    .attribute(ATTR_TASK_ID, format!("{job_id}/slab/{z0}"))
+            })
+            .collect();
+        self.store
+            .engine()
+            .queue
+            .send_batch(&QueueName::new(SOLVE)?, messages)
+            .await?;
+        tracing::info!(
+            job_id,
+            grid = n,
+            atoms = atoms.len(),
+            slabs = parts.len(),
+            "atoms generated"
+        );
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Handler for GenerateHandler {
+    async fn handle(&self, task: &TaskContext) -> Outcome {
+        let msg: GenerateMessage = match decode(task) {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        outcome(&self.store, &msg.job_id, self.run(&msg.job_id).await).await
+    }
+}
+
+/// Progress not yet published, per job, shared by the solvers of one process.
+#[derive(Default)]
+struct ProgressHub {
+    pending: Mutex<HashMap<String, (u64, Instant)>>,
+}
+
+impl ProgressHub {
+    /// Adds points; returns the points to publish now when the job's interval has passed.
+    fn report(&self, job_id: &str, points: u64, force: bool) -> Option<u64> {
+        let mut map = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = map.entry(job_id.to_string()).or_insert((0, Instant::now()));
+        entry.0 += points;
+        if entry.0 > 0 && (force || entry.1.elapsed() >= PROGRESS_INTERVAL) {
+            let due = entry.0;
+            *entry = (0, Instant::now());
+            return Some(due);
+        }
+        None
+    }
+}
+
+/// Computes slabs, reports progress and reduces the last slab into the result.
+#[derive(Clone)]
+pub struct SolveHandler {
+    store: JobStore,
+    hub: Arc<ProgressHub>,
+    atoms: Arc<Mutex<Vec<(String, Arc<Atoms>)>>>,
+}
+
+impl std::fmt::Debug for SolveHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SolveHandler").finish_non_exhaustive()
+    }
+}
+
+impl SolveHandler {
+    /// A solver over `store`.
+    pub fn new(store: JobStore) -> Self {
+        Self {
+            store,
+            hub: Arc::default(),
+            atoms: Arc::default(),
+        }
+    }
+
+    /// A job's atoms, from a small per-process cache (slabs of one job share them).
+    async fn atoms(&self, job_id: &str) -> Result<Arc<Atoms>> {
+        if let Some((_, a)) = self.lock_cache().iter().find(|(id, _)| id == job_id) {
+            return Ok(a.clone());
+        }
+        let bytes = self
+            .store
+            .engine()
+            .blobs
+            .get(&blob(job_id, "atoms.bin"))
+            .await
+            .map_err(blob_error)?;
+        let bytes = bytes.bytes().await.map_err(blob_error)?;
+        let atoms = Arc::new(
+            Atoms::from_bytes(&bytes).ok_or_else(|| Error::internal("stored atoms are corrupt"))?,
+        );
+        let mut cache = self.lock_cache();
+        cache.push((job_id.to_string(), atoms.clone()));
+        if cache.len() > 4 {
+            cache.remove(0);
+        }
+        Ok(atoms)
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Vec<(String, Arc<Atoms>)>> {
+        self.atoms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn publish_progress(&self, job_id: &str, points: u64, total: u64) -> Result<()> {
+        let done = self.store.add_progress(job_id, points, total).await?;
+        self.store
+            .publish(&JobEvent::Progress {
+                job_id: job_id.to_string(),
+                done,
+                total,
+            })
+            .await
+    }
+
+    async fn run(&self, msg: &SolveMessage, task: &TaskContext) -> Result<()> {
+        let job = self.store.get(&msg.job_id).await?;
+        if job.state.is_terminal() {
+            return Ok(());
+        }
+        let params: AtomsParams = serde_json::from_value(job.params.clone())
+            .map_err(|e| Error::invalid(format!("job parameters: {e}")))?;
+        let (n, total) = (params.grid_size, job.progress.total);
+        let atoms = self.atoms(&msg.job_id).await?;
+        let (this, job_id, cancel) = (self.clone(), msg.job_id.clone(), task.cancel.clone());
+        let runtime = tokio::runtime::Handle::current();
+        let (z0, z1) = (msg.z0, msg.z1);
+        let minimum = tokio::task::spawn_blocking(move || {
+            let mut stopped = false;
+            let m = kernel::slab_minimum(&atoms, n, z0, z1, |points| {
+                if stopped || cancel.is_cancelled() {
+                    stopped = true;
+                    return;
+                }
+                if let Some(due) = this.hub.report(&job_id, points, false) {
+                    if let Err(e) = runtime.block_on(this.publish_progress(&job_id, due, total)) {
+                        tracing::warn!(job_id, error = %e, "progress not published");
+                    }
+                }
+            });
+            (m, stopped)
+        })
+        .await
+        .map_err(|e| Error::internal("solver thread failed").with_source(e))?;
+        let (Some(minimum), false) = minimum else {
+            return Err(Error::new(
+                nimbus_core::ErrorKind::Unavailable,
+                "solver stopped before the slab was done",
+            ));
+        };
+        if let Some(due) = self.hub.report(&msg.job_id, 0, true) {
+            self.publish_progress(&msg.job_id, due, total).await?;
+        }
+        let partial = serde_json::to_vec(&Partial {
+            value: minimum.value,
+            point: minimum.point,
+        })
+        .unwrap_or_default();
+        self.store
+            .engine()
+            .ledger
+            .put(
+                &job_key(&msg.job_id, &format!("slab/{:05}", msg.z0))?,
+                partial.into(),
+                Condition::Always,
+            )
+            .await?;
+        self.reduce_if_complete(&msg.job_id, n).await
+    }
+
+    /// When every slab is recorded: the global minimum, the picture, the result. Any number of
+    /// solvers may get here for one job; only the one whose write ends the job publishes.
+    async fn reduce_if_complete(&self, job_id: &str, n: u32) -> Result<()> {
+        let ledger = &self.store.engine().ledger;
+        let expected: usize = match ledger.get(&job_key(job_id, "slabs")?).await? {
+            Some(item) => String::from_utf8_lossy(&item.value)
+                .parse()
+                .unwrap_or(usize::MAX),
+            None => return Ok(()),
+        };
+        let partials: Vec<Partial> = ledger
+            .list(&format!("job#{job_id}"))
+            .await?
+            .into_iter()
+            .filter(|(sort, _)| sort.starts_with("slab/"))
+            .filter_map(|(_, item)| serde_json::from_slice(&item.value).ok())
+            .collect();
+        if partials.len() < expected {
+            return Ok(());
+        }
+        let best = partials
+            .iter()
+            .map(|p| Minimum {
+                value: p.value,
+                point: p.point,
+            })
+            .reduce(|a, b| a.min(b, n))
+            .ok_or_else(|| Error::internal("no partial minima"))?;
+        let atoms = self.atoms(job_id).await?;
+        let z = best.point[2];
+        let plane = tokio::task::spawn_blocking({
+            let atoms = atoms.clone();
+            move || kernel::plane(&atoms, n, z)
+        })
+        .await
+        .map_err(|e| Error::internal("heat map thread failed").with_source(e))?;
+        let png = super::render_heatmap(&plane, n, (best.point[0], best.point[1]))
+            .map_err(Error::internal)?;
+        self.store
+            .engine()
+            .blobs
+            .put(&blob(job_id, "plane.png"), Bytes::from(png).into())
+            .await
+            .map_err(blob_error)?;
+        let (job, changed) = self
+            .store
+            .update(job_id, |j| {
+                if j.state.is_terminal() {
+                    return false;
+                }
+                j.state = JobState::Succeeded;
+                j.progress.done = j.progress.total;
+                j.result = Some(json!({
+                    "minimum": best.value,
+                    "point": best.point,
+                    "grid_size": n,
+                    "atom_count": atoms.len(),
+                    "backend": "cpu",
+                    "elapsed_ms": now_ms() - j.created_ms,
+                    "picture": format!("/api/v1/jobs/{job_id}/plane.png"),
+                }));
+                true
+            })
+            .await?;
+        if changed {
+            let result = job.result.clone().unwrap_or_default();
+            write_seed_object(&self.store, job_id, &seed_object(n, &atoms, Some(&result))).await?;
+            self.store
+                .publish(&JobEvent::Result {
+                    job_id: job_id.to_string(),
+                    result,
+                })
+                .await?;
+            tracing::info!(job_id, minimum = best.value, point = ?best.point, "atoms job done");
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Handler for SolveHandler {
+    async fn handle(&self, task: &TaskContext) -> Outcome {
+        let msg: SolveMessage = match decode(task) {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        outcome(&self.store, &msg.job_id, self.run(&msg, task).await).await
+    }
+}

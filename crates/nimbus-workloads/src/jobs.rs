@@ -1,0 +1,231 @@
+//! The job store: job records in the ledger, their progress counters, and job events on the
+//! `events` topic. Shared by the web tier (which creates and reads jobs) and the workers.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use nimbus_core::{
+    Condition, Engine, Error, ItemKey, Job, JobEvent, JobState, Progress, QueueName, Result,
+    TopicName,
+};
+
+/// The topic job events go to.
+pub const EVENTS_TOPIC: &str = "events";
+/// The ledger partition of job records.
+const JOBS: &str = "jobs";
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Jobs over an engine.
+#[derive(Clone, Debug)]
+pub struct JobStore {
+    engine: Engine,
+}
+
+fn record_key(id: &str) -> Result<ItemKey> {
+    ItemKey::new(JOBS, id)
+}
+
+fn progress_key(id: &str) -> Result<ItemKey> {
+    ItemKey::new(format!("job#{id}"), "progress")
+}
+
+fn decode(id: &str, bytes: &[u8]) -> Result<Job> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::internal(format!("job {id} record is corrupt")).with_source(e))
+}
+
+fn encode(job: &Job) -> Result<Bytes> {
+    serde_json::to_vec(job)
+        .map(Bytes::from)
+        .map_err(|e| Error::internal("cannot encode job").with_source(e))
+}
+
+impl JobStore {
+    /// A store over `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Creates the queues and the topic jobs need (idempotent).
+    pub async fn prepare(&self, queues: &[&str]) -> Result<()> {
+        for q in queues {
+            crate::sessions::ensure_queue(&self.engine, &QueueName::new(*q)?).await?;
+        }
+        self.engine
+            .topic
+            .create_topic(&TopicName::new(EVENTS_TOPIC)?)
+            .await
+    }
+
+    /// Stores a new job.
+    pub async fn create(&self, job: &Job) -> Result<()> {
+        let created = self
+            .engine
+            .ledger
+            .put(&record_key(&job.id)?, encode(job)?, Condition::Absent)
+            .await?;
+        created
+            .map(drop)
+            .ok_or_else(|| Error::conflict(format!("job {} exists", job.id)))
+    }
+
+    /// A job with its current progress; `NotFound` if there is none.
+    pub async fn get(&self, id: &str) -> Result<Job> {
+        let item = self
+            .engine
+            .ledger
+            .get(&record_key(id)?)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("job `{id}` does not exist")))?;
+        let mut job = decode(id, &item.value)?;
+        self.fill_progress(&mut job).await?;
+        Ok(job)
+    }
+
+    async fn fill_progress(&self, job: &mut Job) -> Result<()> {
+        if let Some(counter) = self.engine.ledger.get(&progress_key(&job.id)?).await? {
+            let done = u64::try_from(counter.counter).unwrap_or(0);
+            job.progress.done = job.progress.done.max(done.min(job.progress.total));
+        }
+        Ok(())
+    }
+
+    /// Every job, newest first (at most `limit`).
+    pub async fn list(&self, limit: usize) -> Result<Vec<Job>> {
+        let mut jobs = Vec::new();
+        for (id, item) in self
+            .engine
+            .ledger
+            .list(JOBS)
+            .await?
+            .into_iter()
+            .rev()
+            .take(limit)
+        {
+            let mut job = decode(&id, &item.value)?;
+            if !job.state.is_terminal() {
+                self.fill_progress(&mut job).await?;
+            }
+            jobs.push(job);
+        }
+        Ok(jobs)
+    }
+
+    /// Counts of jobs by state.
+    pub async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>> {
+        let mut counts = JobState::ALL.map(|s| (s, 0u64));
+        for (id, item) in self.engine.ledger.list(JOBS).await? {
+            let state = decode(&id, &item.value)?.state;
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == state) {
+                c.1 += 1;
+            }
+        }
+        Ok(counts.to_vec())
+    }
+
+    /// Changes a job with compare-and-swap, retrying on conflicts. `change` returns false to
+    /// leave the job as it is. Returns the job after the call and whether this call changed it.
+    pub async fn update(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut Job) -> bool,
+    ) -> Result<(Job, bool)> {
+        let key = record_key(id)?;
+        loop {
+            let item = self
+                .engine
+                .ledger
+                .get(&key)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("job `{id}` does not exist")))?;
+            let mut job = decode(id, &item.value)?;
+            if !change(&mut job) {
+                return Ok((job, false));
+            }
+            job.updated_ms = now_ms();
+            if self
+                .engine
+                .ledger
+                .put(&key, encode(&job)?, Condition::Version(item.version))
+                .await?
+                .is_some()
+            {
+                return Ok((job, true));
+            }
+        }
+    }
+
+    /// Adds done work to a job's progress; returns the new count (never above the total).
+    pub async fn add_progress(&self, id: &str, done: u64, total: u64) -> Result<u64> {
+        let delta = i64::try_from(done).unwrap_or(i64::MAX);
+        let now = self.engine.ledger.add(&progress_key(id)?, delta).await?;
+        Ok(u64::try_from(now).unwrap_or(0).min(total))
+    }
+
+    /// Publishes an event on the events topic with the `job_id` attribute.
+    pub async fn publish(&self, event: &JobEvent) -> Result<()> {
+        let body = serde_json::to_vec(event)
+            .map_err(|e| Error::internal("cannot encode event").with_source(e))?;
+        let attributes = [("job_id".to_string(), event.job_id().to_string())]
+            .into_iter()
+            .collect();
+        self.engine
+            .topic
+            .publish(
+                &TopicName::new(EVENTS_TOPIC)?,
+                Bytes::from(body),
+                attributes,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a job as failed (unless it already ended) and tells its watchers.
+    pub async fn fail(&self, id: &str, error: &str) -> Result<()> {
+        let (_, changed) = self
+            .update(id, |job| {
+                if job.state.is_terminal() {
+                    return false;
+                }
+                job.state = JobState::Failed;
+                job.error = Some(error.to_string());
+                true
+            })
+            .await?;
+        if changed {
+            self.publish(&JobEvent::Failed {
+                job_id: id.to_string(),
+                error: error.to_string(),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A new job record in the queued state.
+    pub fn new_job(kind: &str, params: serde_json::Value, total: u64) -> Job {
+        let now = now_ms();
+        Job {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: kind.to_string(),
+            params,
+            state: JobState::Queued,
+            progress: Progress { done: 0, total },
+            result: None,
+            error: None,
+            created_ms: now,
+            updated_ms: now,
+        }
+    }
+}
