@@ -42,6 +42,11 @@ pub enum Command {
     /// Work with the ledger: get, put, add, list.
     #[command(subcommand)]
     Ledger(LedgerCmd),
+    /// Run the whole platform in one process: web tier, generator and solvers on the embedded
+    /// engine; prints the URL of the GUI.
+    Up(UpArgs),
+    /// Run the web tier alone (REST API, GUI, events) against the engine.
+    Web(WebArgs),
     /// Run a worker: receive tasks from queues and run them until stopped (Ctrl-C, SIGTERM).
     Worker(WorkerArgs),
     /// The CloudKon task framework (seed 002): generate, submit, run locally, check.
@@ -50,6 +55,34 @@ pub enum Command {
     /// Benchmarks; figures go to docs/benchmarks.md.
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WebArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: String,
+    /// Port to listen on (0: any free port).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Largest grid size of an atoms job.
+    #[arg(long, default_value_t = 512)]
+    pub max_grid: u32,
+    /// Most atoms of an atoms job.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_atoms: u32,
+    /// Most atom evaluations (grid points x atoms) of one job.
+    #[arg(long, default_value_t = 2e11)]
+    pub max_work: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub web: WebArgs,
+    /// Solver slots (default: the number of cores).
+    #[arg(long)]
+    pub solvers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Args)]

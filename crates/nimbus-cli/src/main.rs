@@ -37,6 +37,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(c) => cmd::queue::run(&cli.engine, c).await,
         Command::Topic(c) => cmd::topic::run(&cli.engine, c).await,
         Command::Ledger(c) => cmd::ledger::run(&cli.engine, c).await,
+        Command::Up(a) => cmd::up::up(&cli.engine, a).await,
+        Command::Web(a) => cmd::up::web(&cli.engine, a).await,
         Command::Worker(a) => cmd::worker::run(&cli.engine, a).await,
         Command::Tasks(c) => cmd::tasks::run(&cli.engine, c).await,
         Command::Bench(c) => cmd::bench::run(&cli.engine, c).await,

@@ -1,1 +1,129 @@
-//! placeholder
+//! nimbus's web tier (axum): the REST API under `/api/v1`, the GUI pages, server-sent job
+//! events, the OpenAPI document, `/healthz` and Prometheus `/metrics`. The only crate that speaks
+//! HTTP to users.
+
+mod api;
+mod error;
+pub mod events;
+mod metrics;
+pub mod openapi;
+mod pages;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use nimbus_core::{Engine, Result};
+use nimbus_workloads::atoms::{self, Limits};
+use nimbus_workloads::jobs::JobStore;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+pub use events::EventHub;
+
+/// How the web tier runs.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// Bounds on atoms jobs.
+    pub limits: Limits,
+    /// The largest atom file accepted, in bytes.
+    pub upload_limit: usize,
+    /// Names this replica's event queue (`events-<replica>`).
+    pub replica: String,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            upload_limit: 64 * 1024 * 1024,
+            replica: format!("web-{}", std::process::id()),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    store: JobStore,
+    hub: EventHub,
+    metrics: Arc<metrics::Metrics>,
+    config: Arc<WebConfig>,
+}
+
+impl AppState {
+    /// State over `engine`.
+    pub fn new(engine: Engine, config: WebConfig) -> Self {
+        Self {
+            store: JobStore::new(engine),
+            hub: EventHub::default(),
+            metrics: Arc::default(),
+            config: Arc::new(config),
+        }
+    }
+
+    /// Creates the queues and topic the web tier sends to and starts this replica's event pump
+    /// (until `shutdown`).
+    pub async fn start(&self, shutdown: CancellationToken) -> Result<()> {
+        self.store.prepare(&[atoms::GENERATE, atoms::SOLVE]).await?;
+        events::start_pump(
+            self.store.engine().clone(),
+            self.hub.clone(),
+            &self.config.replica,
+            shutdown,
+        )
+        .await
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let upload_limit = state.config.upload_limit;
+    Router::new()
+        .route("/", get(pages::home))
+        .route("/jobs/{id}", get(pages::job_page))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { Json(openapi::document()) }),
+        )
+        .route("/api/v1/jobs", post(api::create_job).get(api::list_jobs))
+        .route("/api/v1/jobs/{id}", get(api::get_job))
+        .route("/api/v1/jobs/{id}/cancel", post(api::cancel_job))
+        .route("/api/v1/jobs/{id}/events", get(api::job_events))
+        .route("/api/v1/jobs/{id}/plane.png", get(api::plane_png))
+        .route(
+            "/api/v1/atoms",
+            post(api::upload_atoms).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .fallback(|| async {
+            ApiError::not_found("no such page or endpoint; see /api/v1/openapi.json")
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .with_state(state)
+}
+
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::render(&state).await,
+    )
+}
+
+/// Serves `router` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

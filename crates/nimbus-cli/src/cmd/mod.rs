@@ -5,6 +5,7 @@ pub mod ledger;
 pub mod queue;
 pub mod tasks;
 pub mod topic;
+pub mod up;
 pub mod worker;
 
 use nimbus_core::queue::Attributes;

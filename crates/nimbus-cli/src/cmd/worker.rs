@@ -3,6 +3,8 @@
 use anyhow::Context;
 use nimbus_core::QueueName;
 use nimbus_worker::{Handlers, Worker, WorkerConfig};
+use nimbus_workloads::atoms;
+use nimbus_workloads::jobs::JobStore;
 use nimbus_workloads::tasks::{ExecPolicy, TaskHandler, KIND};
 
 use crate::args::{EngineArgs, WorkerArgs};
@@ -38,7 +40,7 @@ pub async fn run(engine: &EngineArgs, args: WorkerArgs) -> anyhow::Result<()> {
         dedup: !args.no_dedup,
         ..WorkerConfig::default()
     };
-    let handlers = Handlers::default().with(KIND, TaskHandler::new(policy));
+    let handlers = all_handlers(&engine, policy);
     let id = config.worker_id.clone();
     let stats = Worker::new(engine, handlers, config)
         .run(crate::shutdown_on_signals())
@@ -50,7 +52,16 @@ pub async fn run(engine: &EngineArgs, args: WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn default_worker_id() -> String {
+/// Every job kind a worker can run: tasks and the atoms pipeline.
+pub fn all_handlers(engine: &nimbus_core::Engine, policy: ExecPolicy) -> Handlers {
+    let store = JobStore::new(engine.clone());
+    Handlers::default()
+        .with(KIND, TaskHandler::new(policy))
+        .with(atoms::GENERATE, atoms::GenerateHandler::new(store.clone()))
+        .with(atoms::SOLVE, atoms::SolveHandler::new(store))
+}
+
+pub fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();

@@ -1,0 +1,263 @@
+//! The REST API under `/api/v1`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use nimbus_core::task::{ATTR_KIND, ATTR_TASK_ID};
+use nimbus_core::{JobEvent, JobState, OutgoingMessage, QueueName};
+use nimbus_workloads::atoms::{self, AtomsParams};
+use nimbus_workloads::jobs::JobStore;
+use object_store::path::Path as BlobPath;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::{events, AppState};
+
+/// `POST /api/v1/jobs` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    kind: String,
+    params: serde_json::Value,
+}
+
+fn json_error(rejection: JsonRejection) -> ApiError {
+    let status = rejection.status();
+    let message = rejection.body_text();
+    if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        return ApiError::bad_request("send the job as JSON with `Content-Type: application/json`");
+    }
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::too_large(message);
+    }
+    ApiError::bad_request(message)
+}
+
+pub async fn create_job(
+    State(state): State<AppState>,
+    body: Result<Json<CreateJob>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body.map_err(json_error)?;
+    match request.kind.as_str() {
+        atoms::KIND => create_atoms_job(&state, request.params).await,
+        other => Err(ApiError::bad_request(format!(
+            "unknown job kind `{other}`; known kinds: {}",
+            atoms::KIND
+        ))),
+    }
+}
+
+async fn create_atoms_job(
+    state: &AppState,
+    params: serde_json::Value,
+) -> Result<Response, ApiError> {
+    let mut params: AtomsParams = serde_json::from_value(params)
+        .map_err(|e| ApiError::bad_request(format!("atoms parameters: {e}")))?;
+    let limits = state.config.limits;
+    let count = match (&params.atoms_key, params.atom_count) {
+        (Some(key), _) => uploaded_count(state, key, params.grid_size).await?,
+        (None, Some(count)) => count,
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "atoms parameters: give atom_count, or atoms_key from POST /api/v1/atoms",
+            ))
+        }
+    };
+    limits
+        .check(params.grid_size, count)
+        .map_err(ApiError::bad_request)?;
+    params.atom_count = Some(count);
+    let n = u64::from(params.grid_size);
+    let params = serde_json::to_value(&params).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let job = JobStore::new_job(atoms::KIND, params, n * n * n);
+    state.store.create(&job).await?;
+    let seed = json!({ "Grid size": n, "Atom count": count, "Atom values": null, "Result": null });
+    let blob = BlobPath::from(format!("jobs/{}/job.json", job.id));
+    state
+        .store
+        .engine()
+        .blobs
+        .put(&blob, Bytes::from(seed.to_string()).into())
+        .await
+        .map_err(blob_error)?;
+    let message = OutgoingMessage::new(json!({ "job_id": job.id }).to_string())
+        .attribute(ATTR_KIND, atoms::GENERATE)
+        .attribute(ATTR_TASK_ID, format!("{}/generate", job.id));
+    state
+        .store
+        .engine()
+        .queue
+        .send(&QueueName::new(atoms::GENERATE)?, message)
+        .await?;
+    tracing::info!(job_id = %job.id, grid = n, atoms = count, "atoms job created");
+    let location = format!("/api/v1/jobs/{}", job.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(job),
+    )
+        .into_response())
+}
+
+/// The atom count of an upload, checked to lie inside the grid.
+async fn uploaded_count(state: &AppState, key: &str, n: u32) -> Result<u32, ApiError> {
+    if !key.starts_with("uploads/") || key.contains("..") {
+        return Err(ApiError::bad_request(format!(
+            "atoms_key `{key}` is not an upload key from POST /api/v1/atoms"
+        )));
+    }
+    let got = state.store.engine().blobs.get(&BlobPath::from(key)).await;
+    let bytes = match got {
+        Ok(r) => r.bytes().await.map_err(blob_error)?,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(ApiError::bad_request(format!(
+                "atoms_key `{key}` does not exist"
+            )))
+        }
+        Err(e) => return Err(blob_error(e)),
+    };
+    let atoms = atoms::Atoms::from_bytes(&bytes)
+        .ok_or_else(|| ApiError::bad_request(format!("upload `{key}` is corrupt")))?;
+    atoms::check_inside(&atoms, n).map_err(ApiError::bad_request)?;
+    u32::try_from(atoms.len()).map_err(|_| ApiError::bad_request("too many atoms"))
+}
+
+fn blob_error(e: object_store::Error) -> ApiError {
+    ApiError::from(nimbus_core::Error::new(
+        nimbus_core::ErrorKind::Unavailable,
+        format!("blob store: {e}"),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    limit: Option<usize>,
+}
+
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit {limit} is outside 1 to 1000"
+        )));
+    }
+    Ok(Json(state.store.list(limit).await?).into_response())
+}
+
+pub async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.store.get(&id).await?).into_response())
+}
+
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (job, changed) = state
+        .store
+        .update(&id, |job| {
+            if job.state.is_terminal() {
+                return false;
+            }
+            job.state = JobState::Cancelled;
+            true
+        })
+        .await?;
+    if !changed {
+        return Err(ApiError::conflict(format!(
+            "job {id} already {}",
+            job.state.as_str()
+        )));
+    }
+    state
+        .store
+        .publish(&JobEvent::Cancelled { job_id: id })
+        .await?;
+    Ok(Json(job).into_response())
+}
+
+pub async fn job_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    // Watch first, then read: nothing published in between is missed.
+    let rx = state.hub.subscribe(&id);
+    let job = state.store.get(&id).await?;
+    Ok(events::stream(state.store.clone(), rx, job).into_response())
+}
+
+pub async fn plane_png(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    state.store.get(&id).await?;
+    match state
+        .store
+        .engine()
+        .blobs
+        .get(&BlobPath::from(format!("jobs/{id}/plane.png")))
+        .await
+    {
+        Ok(r) => {
+            let bytes = r.bytes().await.map_err(blob_error)?;
+            Ok((
+                [
+                    (header::CONTENT_TYPE, "image/png"),
+                    (header::CACHE_CONTROL, "max-age=86400"),
+                ],
+                bytes,
+            )
+                .into_response())
+        }
+        Err(object_store::Error::NotFound { .. }) => {
+            Err(ApiError::not_found(format!("job {id} has no picture yet")))
+        }
+        Err(e) => Err(blob_error(e)),
+    }
+}
+
+pub async fn upload_atoms(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!(
+                "the atom file is over the upload limit of {} bytes",
+                state.config.upload_limit
+            ))
+        } else {
+            ApiError::bad_request(e.body_text())
+        }
+    })?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("the atom file is not UTF-8 text"))?;
+    let atoms =
+        atoms::parse_atoms(text, state.config.limits.max_atoms).map_err(ApiError::bad_request)?;
+    let key = format!("uploads/{}.bin", uuid::Uuid::now_v7());
+    state
+        .store
+        .engine()
+        .blobs
+        .put(
+            &BlobPath::from(key.as_str()),
+            Bytes::from(atoms.to_bytes()).into(),
+        )
+        .await
+        .map_err(blob_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "atoms_key": key, "atom_count": atoms.len() })),
+    )
+        .into_response())
+}

@@ -1,0 +1,82 @@
+//! The OpenAPI 3.1 document of the REST API, served at `/api/v1/openapi.json`. Written by hand
+//! beside the routes (a test checks that every API route is described).
+
+use serde_json::{json, Value};
+
+fn error_response(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+fn job_response(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } })
+}
+
+fn id_parameter() -> Value {
+    json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } }])
+}
+
+/// The document.
+pub fn document() -> Value {
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "nimbus", "version": env!("CARGO_PKG_VERSION"),
+                  "description": "Jobs on an elastic, queue-driven platform. Errors are JSON `{\"error\": \"...\"}` naming what is wrong." },
+        "paths": {
+            "/api/v1/jobs": {
+                "post": {
+                    "summary": "Create a job",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/CreateJob" } } } },
+                    "responses": { "201": job_response("The job, queued"), "400": error_response("Malformed JSON, unknown kind or parameters out of range"), "415": error_response("Not JSON") }
+                },
+                "get": {
+                    "summary": "List jobs, newest first",
+                    "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 50 } }],
+                    "responses": { "200": { "description": "Jobs", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Job" } } } } } }
+                }
+            },
+            "/api/v1/jobs/{id}": {
+                "get": { "summary": "A job: state, progress, result", "parameters": id_parameter(),
+                         "responses": { "200": job_response("The job"), "404": error_response("No such job") } }
+            },
+            "/api/v1/jobs/{id}/cancel": {
+                "post": { "summary": "Cancel a job", "parameters": id_parameter(),
+                          "responses": { "200": job_response("The cancelled job"), "404": error_response("No such job"), "409": error_response("The job already ended") } }
+            },
+            "/api/v1/jobs/{id}/events": {
+                "get": { "summary": "Server-sent events of a job: `snapshot` (the job), `progress`, then `result`, `failed` or `cancelled`",
+                         "parameters": id_parameter(),
+                         "responses": { "200": { "description": "An event stream", "content": { "text/event-stream": {} } }, "404": error_response("No such job") } }
+            },
+            "/api/v1/jobs/{id}/plane.png": {
+                "get": { "summary": "Atoms jobs: heat map of the potential in the z-plane of the minimum", "parameters": id_parameter(),
+                         "responses": { "200": { "description": "PNG", "content": { "image/png": {} } }, "404": error_response("No picture (yet)") } }
+            },
+            "/api/v1/atoms": {
+                "post": {
+                    "summary": "Upload an atom set: one atom a line, `x y z e`",
+                    "requestBody": { "required": true, "content": { "text/plain": { "schema": { "type": "string" } } } },
+                    "responses": { "201": { "description": "Stored", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Upload" } } } },
+                                   "400": error_response("A malformed line, named"), "413": error_response("Over the upload limit") }
+                }
+            }
+        },
+        "components": { "schemas": {
+            "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
+            "CreateJob": { "type": "object", "required": ["kind", "params"], "properties": {
+                "kind": { "type": "string", "enum": ["atoms"] },
+                "params": { "$ref": "#/components/schemas/AtomsParams" } } },
+            "AtomsParams": { "type": "object", "required": ["grid_size"], "additionalProperties": false, "properties": {
+                "grid_size": { "type": "integer", "minimum": 1 },
+                "atom_count": { "type": "integer", "minimum": 1, "description": "Atoms to generate (omit with atoms_key)" },
+                "seed": { "type": "integer", "minimum": 0 },
+                "atoms_key": { "type": "string", "description": "From POST /api/v1/atoms" } } },
+            "Upload": { "type": "object", "properties": { "atoms_key": { "type": "string" }, "atom_count": { "type": "integer" } } },
+            "Job": { "type": "object", "properties": {
+                "id": { "type": "string", "format": "uuid" }, "kind": { "type": "string" }, "params": { "type": "object" },
+                "state": { "type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"] },
+                "progress": { "type": "object", "properties": { "done": { "type": "integer" }, "total": { "type": "integer" } } },
+                "result": { "type": "object" }, "error": { "type": "string" },
+                "created_ms": { "type": "integer" }, "updated_ms": { "type": "integer" } } }
+        } }
+    })
+}

@@ -1,0 +1,209 @@
+//! The GUI: server-rendered pages with a little JavaScript, no build step, nothing from a CDN.
+
+use axum::extract::{Path, State};
+use axum::response::Html;
+use nimbus_core::Job;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+const STYLE: &str = r#"
+:root { --ink:#1d2433; --muted:#5b6475; --line:#e3e6ee; --accent:#3b5bdb; --ok:#2b8a3e; --bad:#c92a2a; --bg:#f7f8fb; }
+* { box-sizing: border-box; }
+body { margin:0; font:16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:var(--ink); background:var(--bg); }
+header { background:#141a2e; color:#fff; padding:14px 28px; display:flex; align-items:baseline; gap:16px; }
+header a { color:#fff; text-decoration:none; font-weight:700; font-size:20px; }
+header span { color:#aab3c9; font-size:14px; }
+main { max-width:960px; margin:28px auto; padding:0 20px; }
+.card { background:#fff; border:1px solid var(--line); border-radius:10px; padding:22px 24px; margin-bottom:22px; }
+h1 { font-size:22px; margin:0 0 14px; } h2 { font-size:18px; margin:0 0 12px; }
+label { display:block; font-weight:600; font-size:14px; margin-bottom:4px; }
+input[type=number], input[type=file] { width:100%; padding:8px 10px; border:1px solid #c8cedb; border-radius:6px; font-size:15px; }
+.row { display:grid; grid-template-columns: repeat(3, 1fr); gap:16px; margin-bottom:14px; }
+.hint { color:var(--muted); font-size:13px; margin-top:3px; }
+button { background:var(--accent); color:#fff; border:0; border-radius:6px; padding:10px 18px; font-size:15px; font-weight:600; cursor:pointer; }
+button.secondary { background:#fff; color:var(--bad); border:1px solid var(--bad); }
+table { width:100%; border-collapse:collapse; font-size:14px; }
+th, td { text-align:left; padding:8px 6px; border-bottom:1px solid var(--line); }
+th { color:var(--muted); font-weight:600; }
+.state { font-weight:600; } .state.succeeded { color:var(--ok); } .state.failed, .state.cancelled { color:var(--bad); } .state.running, .state.queued { color:var(--accent); }
+.bar { height:26px; background:#e9ecf5; border-radius:13px; overflow:hidden; }
+.bar > div { height:100%; width:0; background:linear-gradient(90deg,#4c6ef5,#15aabf); transition:width .15s linear; }
+.stats { display:flex; justify-content:space-between; color:var(--muted); font-size:14px; margin-top:8px; }
+.result { display:grid; grid-template-columns: 1fr 1fr; gap:22px; align-items:start; }
+.big { font-size:30px; font-weight:700; font-variant-numeric: tabular-nums; }
+.kv { display:grid; grid-template-columns:auto 1fr; gap:4px 14px; font-size:15px; } .kv dt { color:var(--muted); } .kv dd { margin:0; font-variant-numeric: tabular-nums; }
+img.plane { width:100%; max-width:420px; image-rendering:pixelated; border-radius:6px; border:1px solid var(--line); }
+.error { color:var(--bad); font-weight:600; }
+code { background:#eef1f8; padding:1px 5px; border-radius:4px; }
+"#;
+
+fn page(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'>\
+         <title>{title} · nimbus</title><style>{STYLE}</style></head><body>\
+         <header><a href='/'>nimbus</a><span>elastic, queue-driven computing</span></header><main>{body}</main></body></html>"
+    ))
+}
+
+/// Escapes text for HTML.
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn param(job: &Job, name: &str) -> String {
+    job.params
+        .get(name)
+        .map_or_else(|| "–".into(), ToString::to_string)
+}
+
+fn job_row(job: &Job) -> String {
+    let minimum = job
+        .result
+        .as_ref()
+        .and_then(|r| r.get("minimum"))
+        .and_then(serde_json::Value::as_f64)
+        .map_or_else(|| "–".into(), |m| format!("{m:.6}"));
+    let pct = if job.progress.total > 0 {
+        job.progress.done * 100 / job.progress.total
+    } else {
+        0
+    };
+    format!(
+        "<tr><td><a href='/jobs/{id}'><code>{short}</code></a></td><td class='state {state}'>{state}</td><td>{grid}</td><td>{atoms}</td><td>{pct} %</td><td>{minimum}</td></tr>",
+        id = escape(&job.id),
+        short = escape(&job.id[job.id.len().saturating_sub(12)..]),
+        state = job.state.as_str(),
+        grid = param(job, "grid_size"),
+        atoms = param(job, "atom_count"),
+    )
+}
+
+pub async fn home(State(state): State<AppState>) -> Result<Html<String>, ApiError> {
+    let jobs = state.store.list(15).await?;
+    let rows: String = jobs.iter().map(job_row).collect();
+    let recent = if rows.is_empty() {
+        "<p class=hint>No jobs yet.</p>".to_string()
+    } else {
+        format!("<table><tr><th>job</th><th>state</th><th>grid</th><th>atoms</th><th>progress</th><th>minimum</th></tr>{rows}</table>")
+    };
+    let limits = state.config.limits;
+    let body = format!(
+        r#"<section class=card><h1>Atom-effect calculator</h1>
+<p class=hint>The effect at a grid point is the sum over atoms of energy / distance. nimbus splits the grid into slabs,
+solves them on workers and streams the progress here, one step per grid point.</p>
+<form id=job>
+<div class=row>
+ <div><label for=grid>Grid size n (n³ points)</label><input id=grid name=grid type=number min=1 max={max_grid} value=16 required><div class=hint>1 to {max_grid}</div></div>
+ <div><label for=atoms>Atom count</label><input id=atoms name=atoms type=number min=1 max={max_atoms} value=1000><div class=hint>1 to {max_atoms}, random in the grid</div></div>
+ <div><label for=seed>Seed (optional)</label><input id=seed name=seed type=number min=0 placeholder=random><div class=hint>same seed, same atoms</div></div>
+</div>
+<div style="margin-bottom:14px"><label for=file>…or an atom file</label><input id=file name=file type=file accept=".txt,.csv,text/plain"><div class=hint>one atom a line: <code>x y z energy</code>, inside the grid</div></div>
+<button type=submit id=submit>Compute</button> <span id=msg class=error></span>
+</form></section>
+<section class=card><h2>Recent jobs</h2>{recent}</section>
+<script>
+document.getElementById('job').addEventListener('submit', async (ev) => {{
+  ev.preventDefault();
+  const msg = document.getElementById('msg'); msg.textContent = '';
+  const grid = Number(document.getElementById('grid').value);
+  const params = {{ grid_size: grid }};
+  const file = document.getElementById('file').files[0];
+  try {{
+    if (file) {{
+      const up = await fetch('/api/v1/atoms', {{ method: 'POST', body: await file.text() }});
+      const u = await up.json(); if (!up.ok) throw new Error(u.error);
+      params.atoms_key = u.atoms_key;
+    }} else {{
+      params.atom_count = Number(document.getElementById('atoms').value);
+      const seed = document.getElementById('seed').value; if (seed !== '') params.seed = Number(seed);
+    }}
+    const r = await fetch('/api/v1/jobs', {{ method: 'POST', headers: {{ 'Content-Type': 'application/json' }}, body: JSON.stringify({{ kind: 'atoms', params }}) }});
+    const j = await r.json(); if (!r.ok) throw new Error(j.error);
+    location.href = '/jobs/' + j.id;
+  }} catch (e) {{ msg.textContent = e.message; }}
+}});
+</script>"#,
+        max_grid = limits.max_grid,
+        max_atoms = limits.max_atoms,
+    );
+    Ok(page("atom-effect calculator", &body))
+}
+
+pub async fn job_page(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, ApiError> {
+    let job = state.store.get(&id).await?;
+    let cancel = if job.state.is_terminal() {
+        ""
+    } else {
+        "<button class=secondary id=cancel>Cancel</button>"
+    };
+    let body = format!(
+        r#"<section class=card><h1>Job <code>{id}</code></h1>
+<dl class=kv><dt>state</dt><dd id=state class='state {state}'>{state}</dd><dt>grid</dt><dd>{grid}³ points</dd><dt>atoms</dt><dd>{atoms}</dd></dl></section>
+<section class=card><h2>Progress</h2>
+<div class=bar><div id=fill></div></div>
+<div class=stats><span id=points>0 of {total} points</span><span id=pct>0 %</span><span id=eta></span></div>
+<p style="margin-top:14px">{cancel}</p></section>
+<section class=card id=resultcard style="display:none"><h2>Result</h2><div class=result>
+<div><div class=hint>minimum effect</div><div class=big id=minimum></div>
+<dl class=kv style="margin-top:12px"><dt>at grid point</dt><dd id=point></dd><dt>atoms</dt><dd id=ratoms></dd><dt>grid</dt><dd id=rgrid></dd><dt>time</dt><dd id=elapsed></dd><dt>computed on</dt><dd id=backend></dd></dl></div>
+<div><div class=hint id=planecap></div><img class=plane id=plane alt="heat map of the potential in the plane of the minimum"></div>
+</div></section>
+<section class=card id=errorcard style="display:none"><h2>Error</h2><p class=error id=error></p></section>
+<script>
+const total = {total}; let done = 0; const started = Date.now(); let first = null;
+const fmt = (n) => n.toLocaleString('en-US');
+function show(d) {{
+  if (d <= done && d !== total) return; done = Math.min(d, total);
+  const pct = total ? done * 100 / total : 0;
+  document.getElementById('fill').style.width = pct + '%';
+  document.getElementById('points').textContent = fmt(done) + ' of ' + fmt(total) + ' points';
+  document.getElementById('pct').textContent = Math.floor(pct) + ' %';
+  if (first === null && done > 0) first = {{ t: Date.now(), d: done }};
+  const eta = document.getElementById('eta');
+  if (first && done < total && done > first.d) {{
+    const rate = (done - first.d) / ((Date.now() - first.t) / 1000);
+    eta.textContent = 'about ' + Math.max(1, Math.round((total - done) / rate)) + ' s left';
+  }} else eta.textContent = '';
+}}
+function setState(s) {{ const e = document.getElementById('state'); e.textContent = s; e.className = 'state ' + s;
+  if (['succeeded','failed','cancelled'].includes(s)) {{ const c = document.getElementById('cancel'); if (c) c.remove(); }} }}
+function result(r) {{
+  show(total); setState('succeeded');
+  document.getElementById('minimum').textContent = r.minimum.toPrecision(8);
+  document.getElementById('point').textContent = '(' + r.point.join(', ') + ')';
+  document.getElementById('ratoms').textContent = fmt(r.atom_count);
+  document.getElementById('rgrid').textContent = r.grid_size + '³';
+  document.getElementById('elapsed').textContent = (r.elapsed_ms / 1000).toFixed(3) + ' s';
+  document.getElementById('backend').textContent = r.backend;
+  document.getElementById('planecap').textContent = 'effect in the plane z = ' + r.point[2] + ' (minimum outlined)';
+  document.getElementById('plane').src = r.picture;
+  document.getElementById('resultcard').style.display = '';
+}}
+function failed(msg, s) {{ setState(s); document.getElementById('error').textContent = msg; document.getElementById('errorcard').style.display = ''; }}
+const es = new EventSource('/api/v1/jobs/{id}/events');
+es.addEventListener('snapshot', (e) => {{ const j = JSON.parse(e.data); setState(j.state); show(j.progress.done);
+  if (j.state === 'succeeded') result(j.result); if (j.state === 'failed') failed(j.error, 'failed'); if (j.state === 'cancelled') failed('cancelled', 'cancelled');
+  if (['succeeded','failed','cancelled'].includes(j.state)) es.close(); else setState(j.state); }});
+es.addEventListener('progress', (e) => {{ setState('running'); show(JSON.parse(e.data).done); }});
+es.addEventListener('result', (e) => {{ result(JSON.parse(e.data).result); es.close(); }});
+es.addEventListener('failed', (e) => {{ failed(JSON.parse(e.data).error, 'failed'); es.close(); }});
+es.addEventListener('cancelled', () => {{ failed('cancelled by a user', 'cancelled'); es.close(); }});
+const c = document.getElementById('cancel');
+if (c) c.addEventListener('click', async () => {{ await fetch('/api/v1/jobs/{id}/cancel', {{ method: 'POST' }}); }});
+</script>"#,
+        id = escape(&job.id),
+        state = job.state.as_str(),
+        grid = param(&job, "grid_size"),
+        atoms = param(&job, "atom_count"),
+        total = job.progress.total,
+    );
+    Ok(page(&format!("job {}", escape(&job.id)), &body))
+}

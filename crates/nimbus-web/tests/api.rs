@@ -1,0 +1,416 @@
+//! The web tier through `Router::oneshot`: bad input gets a 4xx naming the problem, and an atoms
+//! job runs end to end (web, generator, solvers, events) with its SSE stream read to the end.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use nimbus_core::{Engine, QueueName};
+use nimbus_web::{router, AppState, WebConfig};
+use nimbus_worker::{Handlers, Worker, WorkerConfig};
+use nimbus_workloads::atoms::{self, kernel};
+use nimbus_workloads::jobs::JobStore;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+struct Platform {
+    app: Router,
+    engine: Engine,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn platform(config: WebConfig, with_workers: bool) -> Platform {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = nimbus_sqlite::SqliteEngine::open(dir.path().join("db"), Default::default())
+        .unwrap()
+        .into_engine(dir.path().join("blobs"))
+        .unwrap();
+    let stop = CancellationToken::new();
+    let state = AppState::new(engine.clone(), config);
+    state.start(stop.clone()).await.unwrap();
+    if with_workers {
+        let store = JobStore::new(engine.clone());
+        let handlers = Handlers::default()
+            .with(atoms::GENERATE, atoms::GenerateHandler::new(store.clone()))
+            .with(atoms::SOLVE, atoms::SolveHandler::new(store));
+        let config = WorkerConfig {
+            queues: vec![
+                QueueName::new(atoms::GENERATE).unwrap(),
+                QueueName::new(atoms::SOLVE).unwrap(),
+            ],
+            concurrency: 4,
+            poll_wait: Duration::from_millis(200),
+            ..WorkerConfig::default()
+        };
+        tokio::spawn(Worker::new(engine.clone(), handlers, config).run(stop.clone()));
+    }
+    Platform {
+        app: router(state),
+        engine,
+        stop,
+        _dir: dir,
+    }
+}
+
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let response = app
+        .clone()
+        .oneshot(req.body(body.into()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+async fn post_json(app: &Router, uri: &str, body: &str) -> (StatusCode, Value) {
+    call(app, "POST", uri, Some("application/json"), body.to_string()).await
+}
+
+fn error_of(v: &Value) -> &str {
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message in {v}"))
+}
+
+#[tokio::test]
+async fn bad_requests_get_4xx_that_name_the_problem() {
+    let p = platform(
+        WebConfig {
+            upload_limit: 1024,
+            ..WebConfig::default()
+        },
+        false,
+    )
+    .await;
+    let cases = [
+        ("{not json", "as JSON"),
+        (r#"{"kind":"atoms"}"#, "missing field `params`"),
+        (
+            r#"{"kind":"atoms","params":{}}"#,
+            "missing field `grid_size`",
+        ),
+        (r#"{"kind":"nope","params":{}}"#, "unknown job kind `nope`"),
+        (
+            r#"{"kind":"atoms","params":{"grid_size":0,"atom_count":5}}"#,
+            "1 to 512",
+        ),
+        (
+            r#"{"kind":"atoms","params":{"grid_size":600,"atom_count":5}}"#,
+            "1 to 512",
+        ),
+        (
+            r#"{"kind":"atoms","params":{"grid_size":4,"atom_count":0}}"#,
+            "atom_count 0",
+        ),
+        (
+            r#"{"kind":"atoms","params":{"grid_size":512,"atom_count":1000000}}"#,
+            "over the limit",
+        ),
+        (
+            r#"{"kind":"atoms","params":{"grid_size":"big","atom_count":5}}"#,
+            "invalid type",
+        ),
+        (
+            r#"{"kind":"atoms","params":{"grid_size":4,"atom_count":5,"colour":1}}"#,
+            "unknown field `colour`",
+        ),
+        (r#"{"kind":"atoms","params":{"grid_size":4}}"#, "atom_count"),
+        (
+            r#"{"kind":"atoms","params":{"grid_size":4,"atoms_key":"uploads/none.bin"}}"#,
+            "does not exist",
+        ),
+        (
+            r#"{"kind":"atoms","params":{"grid_size":4,"atoms_key":"../etc/passwd"}}"#,
+            "not an upload key",
+        ),
+    ];
+    for (body, says) in cases {
+        let (status, v) = post_json(&p.app, "/api/v1/jobs", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(error_of(&v).contains(says), "{body}: {v}");
+    }
+    let (status, v) = call(&p.app, "POST", "/api/v1/jobs", Some("text/plain"), "{}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(error_of(&v).contains("application/json"));
+    let (status, v) = call(&p.app, "GET", "/api/v1/jobs/0000", None, Body::empty()).await;
+    assert_eq!(
+        (status, error_of(&v).contains("does not exist")),
+        (StatusCode::NOT_FOUND, true)
+    );
+    let (status, _) = call(&p.app, "GET", "/no/such/page", None, Body::empty()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, v) = call(&p.app, "GET", "/api/v1/jobs?limit=0", None, Body::empty()).await;
+    assert_eq!(
+        (status, error_of(&v).contains("limit 0")),
+        (StatusCode::BAD_REQUEST, true)
+    );
+    let (status, v) = call(&p.app, "POST", "/api/v1/atoms", None, "1 2 3\n").await;
+    assert_eq!(
+        (status, error_of(&v).contains("line 1")),
+        (StatusCode::BAD_REQUEST, true),
+        "{v}"
+    );
+    let (status, v) = call(
+        &p.app,
+        "POST",
+        "/api/v1/atoms",
+        None,
+        "1 1 1 1\n".repeat(200),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert!(error_of(&v).contains("1024 bytes"));
+    let (status, v) = call(&p.app, "POST", "/api/v1/atoms", None, "5 5 5 1\n").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let body = json!({"kind": "atoms", "params": {"grid_size": 4, "atoms_key": v["atoms_key"]}})
+        .to_string();
+    let (status, v) = post_json(&p.app, "/api/v1/jobs", &body).await;
+    assert_eq!(
+        (status, error_of(&v).contains("outside the grid")),
+        (StatusCode::BAD_REQUEST, true),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn health_openapi_and_metrics_are_served() {
+    let p = platform(WebConfig::default(), false).await;
+    let (status, v) = call(&p.app, "GET", "/healthz", None, Body::empty()).await;
+    assert_eq!((status, v), (StatusCode::OK, Value::String("ok".into())));
+    let (_, doc) = call(&p.app, "GET", "/api/v1/openapi.json", None, Body::empty()).await;
+    for path in [
+        "/api/v1/jobs",
+        "/api/v1/jobs/{id}",
+        "/api/v1/jobs/{id}/cancel",
+        "/api/v1/jobs/{id}/events",
+        "/api/v1/jobs/{id}/plane.png",
+        "/api/v1/atoms",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "openapi lacks {path}");
+    }
+    post_json(
+        &p.app,
+        "/api/v1/jobs",
+        r#"{"kind":"atoms","params":{"grid_size":4,"atom_count":3}}"#,
+    )
+    .await;
+    let (status, text) = call(&p.app, "GET", "/metrics", None, Body::empty()).await;
+    let text = text.as_str().unwrap().to_string();
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.contains("nimbus_jobs{state=\"queued\"} 1"), "{text}");
+    assert!(
+        text.contains("nimbus_queue_messages{queue=\"atoms-generate\",state=\"visible\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "nimbus_http_request_duration_seconds_count{route=\"/api/v1/jobs\",status=\"201\"} 1"
+        ),
+        "{text}"
+    );
+    let (status, page) = call(&p.app, "GET", "/", None, Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.as_str().unwrap().contains("Atom-effect calculator"));
+}
+
+/// Reads a job's SSE stream to its end: (event name, data) pairs.
+async fn read_stream(app: &Router, id: &str) -> Vec<(String, Value)> {
+    let req = Request::get(format!("/api/v1/jobs/{id}/events"))
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut text = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("stream ended in time");
+        let Some(frame) = frame else { break };
+        if let Ok(data) = frame.unwrap().into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let mut name = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = n.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push_str(d);
+                }
+            }
+            if !name.is_empty() {
+                events.push((name, serde_json::from_str(&data).unwrap()));
+            }
+        }
+    }
+    events
+}
+
+async fn create(app: &Router, grid: u32, atoms: u32, seed: u64) -> String {
+    let body =
+        json!({"kind": "atoms", "params": {"grid_size": grid, "atom_count": atoms, "seed": seed}})
+            .to_string();
+    let (status, v) = post_json(app, "/api/v1/jobs", &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn check_stream(events: &[(String, Value)], id: &str, grid: u32, atoms: u32, seed: u64) {
+    assert_eq!(events.first().map(|e| e.0.as_str()), Some("snapshot"));
+    let total = u64::from(grid).pow(3);
+    let mut last = 0;
+    for (name, data) in events {
+        let about = data
+            .get("job_id")
+            .or_else(|| data.get("id"))
+            .and_then(Value::as_str);
+        assert_eq!(
+            about,
+            Some(id),
+            "an event of another job reached this stream: {data}"
+        );
+        if name == "progress" {
+            let done = data["done"].as_u64().unwrap();
+            assert!(
+                done > last && done <= total,
+                "progress goes up: {last} then {done}"
+            );
+            last = done;
+        }
+    }
+    let (name, result) = events.last().unwrap();
+    assert_eq!(name, "result", "the stream ends with the result");
+    let result = &result["result"];
+    let reference = kernel::reference_minimum(&atoms::generate(atoms, grid, seed), grid);
+    let minimum = result["minimum"].as_f64().unwrap();
+    assert!(
+        (minimum - reference.value).abs() <= 1e-4 * reference.value.abs(),
+        "{minimum} vs {}",
+        reference.value
+    );
+    assert_eq!(
+        result["point"],
+        json!(reference.point),
+        "same grid point as the f64 reference"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_atoms_job_runs_end_to_end_and_streams_its_progress() {
+    let p = platform(WebConfig::default(), true).await;
+    let id = create(&p.app, 24, 300, 11).await;
+    let events = read_stream(&p.app, &id).await;
+    check_stream(&events, &id, 24, 300, 11);
+    assert!(
+        events.iter().filter(|e| e.0 == "progress").count() >= 1,
+        "progress was streamed"
+    );
+    let (_, job) = call(
+        &p.app,
+        "GET",
+        &format!("/api/v1/jobs/{id}"),
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["progress"]["done"], 24 * 24 * 24);
+    let (status, _) = call(
+        &p.app,
+        "GET",
+        &format!("/api/v1/jobs/{id}/plane.png"),
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let replay = read_stream(&p.app, &id).await;
+    assert_eq!(replay.len(), 1, "a finished job's stream is its snapshot");
+    assert_eq!(replay[0].1["result"], job["result"]);
+    let seed_object = p
+        .engine
+        .blobs
+        .get(&object_store::path::Path::from(format!(
+            "jobs/{id}/job.json"
+        )))
+        .await
+        .unwrap();
+    let seed_object: Value = serde_json::from_slice(&seed_object.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        seed_object["Atom values"].as_array().map(Vec::len),
+        Some(300),
+        "the seed's JSON object is kept"
+    );
+    assert_eq!(seed_object["Result"]["point"], job["result"]["point"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_jobs_at_once_each_stream_only_their_own_events() {
+    let p = platform(WebConfig::default(), true).await;
+    let (a, b) = (
+        create(&p.app, 20, 400, 1).await,
+        create(&p.app, 18, 500, 2).await,
+    );
+    let (ea, eb) = tokio::join!(read_stream(&p.app, &a), read_stream(&p.app, &b));
+    check_stream(&ea, &a, 20, 400, 1);
+    check_stream(&eb, &b, 18, 500, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_stops_and_says_so() {
+    let p = platform(WebConfig::default(), false).await;
+    let id = create(&p.app, 8, 10, 1).await;
+    let (status, v) = call(
+        &p.app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/cancel"),
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        (status, v["state"].as_str()),
+        (StatusCode::OK, Some("cancelled"))
+    );
+    let (status, v) = call(
+        &p.app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/cancel"),
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        (status, error_of(&v).contains("already cancelled")),
+        (StatusCode::CONFLICT, true)
+    );
+}
