@@ -1,5 +1,21 @@
 #!/usr/bin/env bash
-# Runs every test of nimbus on a fresh machine: installs what the tests need, then the suite.
+# Runs every test of nimbus on a fresh machine: installs what the tests need (Debian's chromium
+# and curl for the GUI and platform tests, playwright-core from npm to drive chromium), then the
+# whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v curl >/dev/null || missing+=(curl)
+command -v node >/dev/null || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} (Debian packages)"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq "${missing[@]}" >/dev/null; fi
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  (cd tests/browser && npm install --no-audit --no-fund --silent)
+fi
+
 cargo test --workspace --locked

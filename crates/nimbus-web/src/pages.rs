@@ -68,11 +68,9 @@ fn job_row(job: &Job) -> String {
         .and_then(|r| r.get("minimum"))
         .and_then(serde_json::Value::as_f64)
         .map_or_else(|| "–".into(), |m| format!("{m:.6}"));
-    let pct = if job.progress.total > 0 {
-        job.progress.done * 100 / job.progress.total
-    } else {
-        0
-    };
+    let pct = (job.progress.done * 100)
+        .checked_div(job.progress.total)
+        .unwrap_or(0);
     format!(
         "<tr><td><a href='/jobs/{id}'><code>{short}</code></a></td><td class='state {state}'>{state}</td><td>{grid}</td><td>{atoms}</td><td>{pct} %</td><td>{minimum}</td></tr>",
         id = escape(&job.id),

@@ -78,7 +78,7 @@ pub fn render(values: &[f64], n: u32, mark: (u32, u32)) -> Result<Vec<u8>, Strin
 /// Whether pixel (`ix`, `iy`) of cell (`x`, `y`) lies in the marked cell, and on its outline
 /// (for cells too small to outline, a ring of cells around the mark is outlined instead).
 fn marker(x: u32, y: u32, ix: u32, iy: u32, cell: u32, mark: (u32, u32)) -> (bool, bool) {
-    if cell >= 6 {
+    if cell >= 12 {
         let inside = (x, y) == mark;
         let width = (cell / 6).max(1);
         let edge = ix < width || iy < width || ix >= cell - width || iy >= cell - width;
@@ -103,7 +103,7 @@ mod tests {
         assert_eq!(&png[1..4], b"PNG");
         let decoder = png::Decoder::new(std::io::Cursor::new(png));
         let reader = decoder.read_info().unwrap();
-        assert!(reader.info().width >= MIN_SIDE && reader.info().width % n == 0);
+        assert!(reader.info().width >= MIN_SIDE && reader.info().width.is_multiple_of(n));
         assert!(
             render(&values, 8, (0, 0)).is_err(),
             "wrong value count is an error"

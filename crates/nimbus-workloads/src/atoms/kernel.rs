@@ -61,7 +61,7 @@ impl Atoms {
 
     /// Reads [`Atoms::to_bytes`]; `None` if the length is not a multiple of 16.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() % 16 != 0 {
+        if !bytes.len().is_multiple_of(16) {
             return None;
         }
         let mut atoms = Self::default();

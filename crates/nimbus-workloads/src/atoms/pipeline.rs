@@ -237,12 +237,15 @@ impl ProgressHub {
     }
 }
 
+/// Recently used atom sets by job id, oldest first.
+type AtomsCache = Vec<(String, Arc<Atoms>)>;
+
 /// Computes slabs, reports progress and reduces the last slab into the result.
 #[derive(Clone)]
 pub struct SolveHandler {
     store: JobStore,
     hub: Arc<ProgressHub>,
-    atoms: Arc<Mutex<Vec<(String, Arc<Atoms>)>>>,
+    atoms: Arc<Mutex<AtomsCache>>,
 }
 
 impl std::fmt::Debug for SolveHandler {
@@ -285,7 +288,7 @@ impl SolveHandler {
         Ok(atoms)
     }
 
-    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Vec<(String, Arc<Atoms>)>> {
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, AtomsCache> {
         self.atoms
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

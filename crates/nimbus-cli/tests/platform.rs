@@ -1,0 +1,152 @@
+//! `nimbus up` as a user runs it: the GUI in headless Chromium (form, progress bar to 100 %,
+//! result and picture), and a kill -9 in the middle of a job after which `nimbus up` finishes it.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `nimbus up` on a data directory, at any free port.
+struct Up {
+    child: Child,
+    url: String,
+}
+
+impl Up {
+    fn start(data: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
+            .args([
+                "--engine",
+                &format!("sqlite://{}/nimbus.db", data.display()),
+                "up",
+                "--port",
+                "0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().trim_end_matches('/').to_string();
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "nimbus up printed {line:?}"
+        );
+        Self { child, url }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> serde_json::Value {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "curl {args:?} gave {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn output_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn the_gui_runs_an_atoms_job_in_headless_chromium() {
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists() && Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs Debian's chromium and playwright-core: run ./scripts/test.sh, which installs them"
+    );
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path());
+    let shots = output_dir("browser");
+    let out = Command::new("node")
+        .arg(browser_dir.join("atoms.mjs"))
+        .arg(&up.url)
+        .arg(&shots)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "browser test failed: {report}");
+    assert!(report.contains("ok:"), "{report}");
+    assert!(
+        shots.join("2-result.png").exists(),
+        "the screenshot is saved under {}",
+        shots.display()
+    );
+}
+
+#[test]
+fn a_job_cut_by_kill_9_finishes_after_nimbus_up_restarts() {
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path());
+    let job = curl(&[
+        "-XPOST",
+        &format!("{}/api/v1/jobs", up.url),
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"kind":"atoms","params":{"grid_size":96,"atom_count":6000,"seed":3}}"#,
+    ]);
+    let id = job["id"].as_str().unwrap().to_string();
+    let status_url = |up: &Up| format!("{}/api/v1/jobs/{id}", up.url);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = curl(&[&status_url(&up)]);
+        let done = j["progress"]["done"].as_u64().unwrap();
+        assert_ne!(
+            j["state"], "succeeded",
+            "the job finished before the kill; make it bigger"
+        );
+        if done > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(up); // SIGKILL
+    let up = Up::start(data.path());
+    let finished = loop {
+        let j = curl(&[&status_url(&up)]);
+        if j["state"] == "succeeded" {
+            break j;
+        }
+        assert_ne!(j["state"], "failed", "{j}");
+        assert!(
+            Instant::now() < deadline,
+            "the job did not finish after the restart: {j}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(finished["progress"]["done"], 96 * 96 * 96);
+    // The same answer as an uninterrupted run (the f64 reference is checked in nimbus-web's tests).
+    let atoms = nimbus_workloads::atoms::generate(6000, 96, 3);
+    let whole = nimbus_workloads::atoms::kernel::slab_minimum(&atoms, 96, 0, 96, |_| {}).unwrap();
+    assert_eq!(finished["result"]["point"], serde_json::json!(whole.point));
+}
