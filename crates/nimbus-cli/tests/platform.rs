@@ -150,3 +150,27 @@ fn a_job_cut_by_kill_9_finishes_after_nimbus_up_restarts() {
     let whole = nimbus_workloads::atoms::kernel::slab_minimum(&atoms, 96, 0, 96, |_| {}).unwrap();
     assert_eq!(finished["result"]["point"], serde_json::json!(whole.point));
 }
+
+#[test]
+fn ctrl_c_stops_nimbus_up_cleanly() {
+    let data = tempfile::tempdir().unwrap();
+    let mut up = Up::start(data.path());
+    let health = Command::new("curl")
+        .args(["-sS", &format!("{}/healthz", up.url)])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&health.stdout), "ok");
+    let asked = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-INT", &up.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = up.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        asked.elapsed()
+    );
+}

@@ -193,24 +193,45 @@ fn connect(path: &Path, options: &SqliteOptions) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Checkpoints the WAL from a second connection so writers rarely have to.
+/// How often the housekeeper deletes messages past their queue's retention.
+const RETENTION_SWEEP: Duration = Duration::from_secs(30);
+
+/// Housekeeping on a second connection: checkpoints the WAL so writers rarely have to, and
+/// deletes messages past their queue's retention (receives skip them anyway; this keeps a queue
+/// nobody reads, such as a dead web replica's event queue, from growing).
 fn spawn_checkpointer(path: PathBuf, options: SqliteOptions, stop: Arc<AtomicBool>) {
     let spawned = std::thread::Builder::new()
-        .name("nimbus-checkpoint".into())
+        .name("nimbus-housekeeping".into())
         .spawn(move || {
             let Ok(conn) = connect(&path, &options) else {
                 return;
             };
+            let mut last_sweep = std::time::Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
                 if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::debug!(error = %e, "wal checkpoint failed");
                 }
+                if last_sweep.elapsed() >= RETENTION_SWEEP {
+                    last_sweep = std::time::Instant::now();
+                    if let Err(e) = sweep_expired(&conn) {
+                        tracing::debug!(error = %e, "retention sweep failed");
+                    }
+                }
             }
         });
     if let Err(e) = spawned {
-        tracing::warn!(error = %e, "no checkpointer thread; writers will checkpoint");
+        tracing::warn!(error = %e, "no housekeeping thread; writers will checkpoint");
     }
+}
+
+/// Deletes every message older than its queue's retention; returns how many.
+pub(crate) fn sweep_expired(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM messages WHERE id IN (SELECT m.id FROM messages m JOIN queues q ON q.id = m.queue_id
+                                           WHERE m.sent_at + q.retention_ms <= ?1)",
+        [now_ms()],
+    )
 }
 
 /// Maps a SQLite error to the engine-neutral kinds: lock contention is retryable.

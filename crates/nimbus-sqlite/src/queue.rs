@@ -540,6 +540,39 @@ impl Queue for SqliteEngine {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn the_sweep_deletes_only_messages_past_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine =
+            SqliteEngine::open(dir.path().join("db"), crate::SqliteOptions::default()).unwrap();
+        let q = QueueName::new("q").unwrap();
+        engine
+            .create_queue(
+                &q,
+                &QueueOptions {
+                    retention: Duration::from_secs(60),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        engine
+            .send_batch(
+                &q,
+                vec![OutgoingMessage::new("old"), OutgoingMessage::new("new")],
+            )
+            .await
+            .unwrap();
+        let conn = Connection::open(dir.path().join("db")).unwrap();
+        conn.execute(
+            "UPDATE messages SET sent_at = sent_at - 61000 WHERE body = x'6f6c64'",
+            [],
+        )
+        .unwrap();
+        assert_eq!(crate::sweep_expired(&conn).unwrap(), 1);
+        assert_eq!(engine.depth(&q).await.unwrap().visible, 1);
+    }
+
     #[test]
     fn receipts_round_trip_and_malformed_ones_are_refused() {
         let r = receipt_of(42, 0xabc);

@@ -52,13 +52,13 @@ impl EventHub {
 }
 
 /// Creates this replica's event queue, subscribes it, and pumps events to `hub` until
-/// `shutdown`; then removes the queue.
+/// `shutdown`; then removes the queue. Await the handle to know it is gone.
 pub async fn start_pump(
     engine: Engine,
     hub: EventHub,
     replica: &str,
     shutdown: CancellationToken,
-) -> Result<()> {
+) -> Result<tokio::task::JoinHandle<()>> {
     let queue = QueueName::new(format!("events-{replica}"))?;
     // Short retention: a replica that died leaves a queue that empties itself.
     let options = QueueOptions {
@@ -70,11 +70,11 @@ pub async fn start_pump(
         .topic
         .create_topic(&TopicName::new(EVENTS_TOPIC)?)
         .await?;
-    engine
+    let subscription = engine
         .topic
         .subscribe(&TopicName::new(EVENTS_TOPIC)?, &queue, None)
         .await?;
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         while !shutdown.is_cancelled() {
             let request = ReceiveRequest::new(100).wait(Duration::from_millis(500));
             let got = match engine.queue.receive(&queue, request).await {
@@ -99,11 +99,13 @@ pub async fn start_pump(
                 tracing::warn!(error = %e, "event pump delete failed");
             }
         }
+        if let Err(e) = engine.topic.unsubscribe(&subscription.id).await {
+            tracing::warn!(queue = %queue, error = %e, "could not unsubscribe the event queue");
+        }
         if let Err(e) = engine.queue.delete_queue(&queue).await {
             tracing::warn!(queue = %queue, error = %e, "could not remove the event queue");
         }
-    });
-    Ok(())
+    }))
 }
 
 fn sse(name: &str, data: &impl serde::Serialize) -> Event {

@@ -66,8 +66,8 @@ impl AppState {
     }
 
     /// Creates the queues and topic the web tier sends to and starts this replica's event pump
-    /// (until `shutdown`).
-    pub async fn start(&self, shutdown: CancellationToken) -> Result<()> {
+    /// (until `shutdown`; the handle ends once the replica's event queue is removed).
+    pub async fn start(&self, shutdown: CancellationToken) -> Result<tokio::task::JoinHandle<()>> {
         self.store.prepare(&[atoms::GENERATE, atoms::SOLVE]).await?;
         events::start_pump(
             self.store.engine().clone(),

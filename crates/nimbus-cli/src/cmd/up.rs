@@ -21,11 +21,14 @@ async fn listen(args: &WebArgs) -> anyhow::Result<tokio::net::TcpListener> {
     })
 }
 
+/// The replica's event pump; it ends once its queue is removed at shutdown.
+type Pump = tokio::task::JoinHandle<()>;
+
 async fn start_web(
     engine: &Engine,
     args: &WebArgs,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(AppState, tokio::net::TcpListener)> {
+) -> anyhow::Result<(AppState, tokio::net::TcpListener, Pump)> {
     let limits = Limits {
         max_grid: args.max_grid,
         max_atoms: args.max_atoms,
@@ -38,9 +41,9 @@ async fn start_web(
             ..WebConfig::default()
         },
     );
-    state.start(shutdown.clone()).await?;
     let listener = listen(args).await?;
-    Ok((state, listener))
+    let pump = state.start(shutdown.clone()).await?;
+    Ok((state, listener, pump))
 }
 
 fn announce(listener: &tokio::net::TcpListener, what: &str) -> anyhow::Result<()> {
@@ -53,16 +56,17 @@ fn announce(listener: &tokio::net::TcpListener, what: &str) -> anyhow::Result<()
 pub async fn web(engine: &EngineArgs, args: WebArgs) -> anyhow::Result<()> {
     let engine = engine_url::open(engine)?;
     let shutdown = crate::shutdown_on_signals();
-    let (state, listener) = start_web(&engine, &args, &shutdown).await?;
+    let (state, listener, pump) = start_web(&engine, &args, &shutdown).await?;
     announce(&listener, " web tier")?;
     nimbus_web::serve(listener, state, shutdown).await?;
+    pump.await?;
     Ok(())
 }
 
 pub async fn up(engine: &EngineArgs, args: UpArgs) -> anyhow::Result<()> {
     let engine = engine_url::open(engine)?;
     let shutdown = crate::shutdown_on_signals();
-    let (state, listener) = start_web(&engine, &args.web, &shutdown).await?;
+    let (state, listener, pump) = start_web(&engine, &args.web, &shutdown).await?;
     nimbus_workloads::sessions::ensure_queue(&engine, &QueueName::new(TASKS_QUEUE)?).await?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let config = WorkerConfig {
@@ -86,6 +90,7 @@ pub async fn up(engine: &EngineArgs, args: UpArgs) -> anyhow::Result<()> {
     nimbus_web::serve(listener, state, shutdown.clone()).await?;
     shutdown.cancel();
     workers.await??;
+    pump.await?;
     eprintln!("nimbus stopped; unfinished jobs resume on the next `nimbus up`");
     Ok(())
 }
