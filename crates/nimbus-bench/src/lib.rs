@@ -1,5 +1,6 @@
 //! nimbus's load generators and experiment runners, and the figures they report.
 
+pub mod atoms;
 pub mod engine;
 pub mod raw_sqlite;
 pub mod tasks;

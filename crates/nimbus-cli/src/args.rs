@@ -329,6 +329,22 @@ pub enum BenchCmd {
         #[arg(long)]
         no_baseline: bool,
     },
+    /// The atom kernel's evaluations per second, 1 thread and all threads, beside a C reference
+    /// program built here with gcc and run on the same n and m.
+    Atoms {
+        /// Grid size.
+        #[arg(long, default_value_t = 128)]
+        n: u32,
+        /// Atoms.
+        #[arg(long, default_value_t = 1000)]
+        m: u32,
+        /// The reference's C source (e.g. ../shared/reference/dcs_cpu.c); none: nimbus only.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Repetitions (the best is reported, for both).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Seed 002's experiments: efficiency of 1 to 16 slots on equal total work, and end-to-end
     /// throughput of no-op tasks through worker processes, beside the local pool and Celery.
     Tasks {

@@ -35,6 +35,18 @@ pub async fn run(_engine: &EngineArgs, cmd: BenchCmd) -> anyhow::Result<()> {
             )
             .await
         }
+        BenchCmd::Atoms {
+            n,
+            m,
+            reference,
+            runs,
+        } => {
+            anyhow::ensure!(
+                (1..=4096).contains(&n) && m > 0 && runs > 0,
+                "--n must be 1 to 4096 (the reference's row limit), --m and --runs at least 1"
+            );
+            atoms(n, m, reference.as_deref(), runs).await
+        }
         BenchCmd::Tasks {
             slots,
             scale,
@@ -58,6 +70,62 @@ pub async fn run(_engine: &EngineArgs, cmd: BenchCmd) -> anyhow::Result<()> {
             throughput(&workers, count, concurrency, celery).await
         }
     }
+}
+
+async fn atoms(
+    n: u32,
+    m: u32,
+    reference: Option<&std::path::Path>,
+    runs: usize,
+) -> anyhow::Result<()> {
+    use nimbus_bench::atoms::{build_reference, kernel_rate, reference_rate};
+    use nimbus_workloads::atoms::kernel::KernelPath;
+    let all = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let dir = tempfile::tempdir()?;
+    let exe = match reference {
+        Some(source) => Some(build_reference(source, dir.path()).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let best = |f: &dyn Fn() -> anyhow::Result<f64>| -> anyhow::Result<f64> {
+        let mut top = 0f64;
+        for _ in 0..runs {
+            top = top.max(f()?);
+        }
+        Ok(top)
+    };
+    println!(
+        "atom kernel, n = {n} (n^3 = {} points), m = {m} atoms, best of {runs} runs\n",
+        u64::from(n).pow(3)
+    );
+    println!("| kernel | threads | evaluations/s | vs reference |\n| --- | ---: | ---: | ---: |");
+    for threads in [1, all] {
+        let reference = match &exe {
+            Some(exe) => Some(best(&|| {
+                reference_rate(exe, n, m, threads).map_err(anyhow::Error::msg)
+            })?),
+            None => None,
+        };
+        for path in KernelPath::all() {
+            let rate = tokio::task::spawn_blocking(move || {
+                (0..runs)
+                    .map(|_| kernel_rate(path, n, m, threads).0)
+                    .fold(0f64, f64::max)
+            })
+            .await?;
+            let ratio = reference.map_or_else(|| "–".to_string(), |r| format!("{:.2}x", rate / r));
+            println!(
+                "| nimbus {} | {threads} | {rate:.3e} | {ratio} |",
+                path.name()
+            );
+        }
+        if let Some(r) = reference {
+            println!("| reference (gcc -O3 -march=native -ffast-math -fopenmp) | {threads} | {r:.3e} | 1.00x |");
+        }
+        if all == 1 {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// A fresh embedded engine in a temporary directory, so a benchmark never touches user data.

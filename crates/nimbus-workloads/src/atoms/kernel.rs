@@ -101,8 +101,95 @@ impl Minimum {
     }
 }
 
-/// The effects of one grid row (fixed y and z, x = 0..n) into `out`.
+/// Which code computes rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelPath {
+    /// Plain Rust that compiles everywhere (the compiler vectorizes it for the build target).
+    Portable,
+    /// x86-64 SIMD chosen at run time.
+    #[cfg(target_arch = "x86_64")]
+    Simd(super::simd::Isa),
+}
+
+impl KernelPath {
+    /// Every path this CPU runs, fastest first.
+    pub fn all() -> Vec<Self> {
+        #[allow(unused_mut)]
+        let mut paths = vec![Self::Portable];
+        #[cfg(target_arch = "x86_64")]
+        paths.splice(0..0, super::simd::available().into_iter().map(Self::Simd));
+        paths
+    }
+
+    /// The fastest path this CPU runs (looked up once).
+    pub fn best() -> Self {
+        static BEST: std::sync::OnceLock<KernelPath> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| Self::all()[0])
+    }
+
+    /// Its name, as jobs record it (`cpu-avx512`, `cpu-avx2`, `cpu-portable`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Portable => "cpu-portable",
+            #[cfg(target_arch = "x86_64")]
+            Self::Simd(super::simd::Isa::Avx512) => "cpu-avx512",
+            #[cfg(target_arch = "x86_64")]
+            Self::Simd(super::simd::Isa::Avx2Fma) => "cpu-avx2",
+        }
+    }
+}
+
+/// The effects of one grid row (fixed y and z, x = 0..n) into `out`, on the fastest path.
 pub fn row(atoms: &Atoms, n: u32, y: u32, z: u32, out: &mut [f64]) {
+    row_on(KernelPath::best(), atoms, n, y, z, out);
+}
+
+/// [`row`] on a chosen path.
+pub fn row_on(path: KernelPath, atoms: &Atoms, n: u32, y: u32, z: u32, out: &mut [f64]) {
+    match path {
+        KernelPath::Portable => row_portable(atoms, n, y, z, out),
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Simd(isa) => {
+            super::simd::rows::<1>(isa, atoms, [&dyz_of(atoms, y, z)], n as usize, [out])
+        }
+    }
+}
+
+/// Each atom's squared distance in y and z from the row (y, z).
+fn dyz_of(atoms: &Atoms, y: u32, z: u32) -> Vec<f32> {
+    let (py, pz) = (y as f32, z as f32);
+    atoms
+        .y
+        .iter()
+        .zip(&atoms.z)
+        .map(|(ay, az)| (py - ay) * (py - ay) + (pz - az) * (pz - az))
+        .collect()
+}
+
+/// Rows y and y + 1 of plane z on `path` (two at once where the path can share work).
+fn two_rows_on(
+    path: KernelPath,
+    atoms: &Atoms,
+    n: u32,
+    y: u32,
+    z: u32,
+    a: &mut [f64],
+    b: &mut [f64],
+) {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Simd(isa) => {
+            let (da, db) = (dyz_of(atoms, y, z), dyz_of(atoms, y + 1, z));
+            super::simd::rows::<2>(isa, atoms, [&da, &db], n as usize, [a, b]);
+        }
+        _ => {
+            row_on(path, atoms, n, y, z, a);
+            row_on(path, atoms, n, y + 1, z, b);
+        }
+    }
+}
+
+fn row_portable(atoms: &Atoms, n: u32, y: u32, z: u32, out: &mut [f64]) {
     let n = n as usize;
     let (py, pz) = (y as f32, z as f32);
     for xb in (0..n).step_by(LANES) {
@@ -139,24 +226,50 @@ pub fn slab_minimum(
     n: u32,
     z0: u32,
     z1: u32,
+    on_row: impl FnMut(u64),
+) -> Option<Minimum> {
+    slab_minimum_on(KernelPath::best(), atoms, n, z0, z1, on_row)
+}
+
+/// [`slab_minimum`] on a chosen path.
+pub fn slab_minimum_on(
+    path: KernelPath,
+    atoms: &Atoms,
+    n: u32,
+    z0: u32,
+    z1: u32,
     mut on_row: impl FnMut(u64),
 ) -> Option<Minimum> {
     let mut values = vec![0f64; n as usize];
+    let mut second = vec![0f64; n as usize];
     let mut best: Option<Minimum> = None;
+    let mut consider = |values: &[f64], y: u32, z: u32| {
+        for (x, &v) in values.iter().enumerate() {
+            let candidate = Minimum {
+                value: v,
+                point: [x as u32, y, z],
+            };
+            best = Some(match best {
+                Some(b) => b.min(candidate, n),
+                None => candidate,
+            });
+        }
+    };
     for z in z0..z1.min(n) {
-        for y in 0..n {
-            row(atoms, n, y, z, &mut values);
-            for (x, &v) in values.iter().enumerate() {
-                let candidate = Minimum {
-                    value: v,
-                    point: [x as u32, y, z],
-                };
-                best = Some(match best {
-                    Some(b) => b.min(candidate, n),
-                    None => candidate,
-                });
+        let mut y = 0;
+        while y < n {
+            if y + 1 < n {
+                two_rows_on(path, atoms, n, y, z, &mut values, &mut second);
+                consider(&values, y, z);
+                consider(&second, y + 1, z);
+                on_row(2 * u64::from(n));
+                y += 2;
+            } else {
+                row_on(path, atoms, n, y, z, &mut values);
+                consider(&values, y, z);
+                on_row(u64::from(n));
+                y += 1;
             }
-            on_row(u64::from(n));
         }
     }
     best

@@ -8,6 +8,8 @@
 mod heatmap;
 pub mod kernel;
 mod pipeline;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 
 pub use heatmap::render as render_heatmap;
 pub use kernel::{Atoms, Minimum};

@@ -417,7 +417,7 @@ impl SolveHandler {
                     "point": best.point,
                     "grid_size": n,
                     "atom_count": atoms.len(),
-                    "backend": "cpu",
+                    "backend": kernel::KernelPath::best().name(),
                     "elapsed_ms": now_ms() - j.created_ms,
                     "picture": format!("/api/v1/jobs/{job_id}/plane.png"),
                 }));
