@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
+use bytes::Buf;
 use http_body_util::BodyExt;
 use nimbus_core::{Engine, QueueName};
 use nimbus_web::{router, AppState, WebConfig};
@@ -244,7 +245,16 @@ async fn read_stream(app: &Router, id: &str) -> Vec<(String, Value)> {
         .unwrap();
     let response = app.clone().oneshot(req).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
+    parse_sse(response.into_body()).await
+}
+
+/// Server-sent events from a body, until it ends.
+async fn parse_sse<B>(mut body: B) -> Vec<(String, Value)>
+where
+    B: http_body::Body + Unpin,
+    B::Data: bytes::Buf,
+    B::Error: std::fmt::Debug,
+{
     let mut text = String::new();
     let mut events = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -253,8 +263,9 @@ async fn read_stream(app: &Router, id: &str) -> Vec<(String, Value)> {
             .await
             .expect("stream ended in time");
         let Some(frame) = frame else { break };
-        if let Ok(data) = frame.unwrap().into_data() {
-            text.push_str(&String::from_utf8_lossy(&data));
+        if let Ok(mut data) = frame.unwrap().into_data() {
+            let bytes = data.copy_to_bytes(data.remaining());
+            text.push_str(&String::from_utf8_lossy(&bytes));
         }
         while let Some(end) = text.find("\n\n") {
             let block: String = text.drain(..end + 2).collect();
@@ -413,4 +424,39 @@ async fn a_cancelled_job_stops_and_says_so() {
         (status, error_of(&v).contains("already cancelled")),
         (StatusCode::CONFLICT, true)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_real_socket_on_port_0() {
+    let p = platform(WebConfig::default(), true).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = p.app.clone();
+    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client: hyper_util::client::legacy::Client<_, Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let create = Request::post(format!("http://{address}/api/v1/jobs"))
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"kind": "atoms", "params": {"grid_size": 30, "atom_count": 700, "seed": 4}})
+                .to_string(),
+        ))
+        .unwrap();
+    let response = client.request(create).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let job: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    let events = client
+        .request(
+            Request::get(format!("http://{address}/api/v1/jobs/{id}/events"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    check_stream(&parse_sse(events.into_body()).await, &id, 30, 700, 4);
+    serving.abort();
 }
