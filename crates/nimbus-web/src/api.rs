@@ -87,12 +87,18 @@ async fn create_atoms_job(
     let message = OutgoingMessage::new(json!({ "job_id": job.id }).to_string())
         .attribute(ATTR_KIND, atoms::GENERATE)
         .attribute(ATTR_TASK_ID, format!("{}/generate", job.id));
-    state
-        .store
-        .engine()
-        .queue
-        .send(&QueueName::new(atoms::GENERATE)?, message)
-        .await?;
+    let queue = QueueName::new(atoms::GENERATE)?;
+    if let Err(e) = state.store.engine().queue.send(&queue, message).await {
+        // Never leave a job queued that no worker will ever see.
+        if let Err(fail) = state
+            .store
+            .fail(&job.id, &format!("could not queue the job: {e}"))
+            .await
+        {
+            tracing::warn!(job_id = %job.id, error = %fail, "could not mark the job failed");
+        }
+        return Err(e.into());
+    }
     tracing::info!(job_id = %job.id, grid = n, atoms = count, "atoms job created");
     let location = format!("/api/v1/jobs/{}", job.id);
     Ok((
