@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of nimbus on a fresh machine: installs what the tests need (Debian's chromium
-# and curl for the GUI and platform tests, playwright-core from npm to drive chromium), then the
-# whole suite.
+# and curl for the GUI and platform tests, playwright-core from npm to drive chromium, and
+# python3-skimage for its sample photos), then the whole suite with every cargo feature.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,7 @@ missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v curl >/dev/null || missing+=(curl)
 command -v node >/dev/null || missing+=(nodejs npm)
+[ -f /usr/lib/python3/dist-packages/skimage/data/chelsea.png ] || missing+=(python3-skimage)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian packages)"
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -18,4 +19,4 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm install --no-audit --no-fund --silent)
 fi
 
-cargo test --workspace --locked
+cargo test --workspace --all-features --locked

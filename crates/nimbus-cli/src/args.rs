@@ -76,10 +76,31 @@ pub struct WebArgs {
     pub max_work: f64,
 }
 
+/// Where the image model is.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// An ImageNet-style ONNX classifier taking [1, 3, 224, 224].
+    #[arg(
+        long,
+        env = "NIMBUS_MODEL",
+        default_value = "models/efficientnet-lite0.onnx"
+    )]
+    pub model: PathBuf,
+    /// Its labels, a JSON array of names in class order.
+    #[arg(
+        long,
+        env = "NIMBUS_LABELS",
+        default_value = "models/imagenet1k-labels.json"
+    )]
+    pub labels: PathBuf,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
     #[command(flatten)]
     pub web: WebArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Solver slots (default: the number of cores).
     #[arg(long)]
     pub solvers: Option<usize>,
@@ -114,6 +135,8 @@ pub struct WorkerArgs {
     /// Skip the ledger claim: at-least-once instead of effectively-once.
     #[arg(long)]
     pub no_dedup: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -344,6 +367,28 @@ pub enum BenchCmd {
         /// Repetitions (the best is reported, for both).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+    },
+    /// The image service's workload generator: N requests over a directory of images, C at once;
+    /// correct, wrong and failed answers, throughput, latency percentiles.
+    Classify {
+        /// The web tier.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// A directory of images (PNG, JPEG, GIF, BMP, WebP).
+        #[arg(long)]
+        images: PathBuf,
+        /// Requests in all.
+        #[arg(long, default_value_t = 100)]
+        requests: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 10)]
+        concurrency: usize,
+        /// A CSV of `file,word|word`: an answer is correct when its top label contains a word.
+        #[arg(long)]
+        expect: Option<PathBuf>,
+        /// Seconds each request may wait for its labels.
+        #[arg(long, default_value_t = 60.0)]
+        wait: f64,
     },
     /// Seed 002's experiments: efficiency of 1 to 16 slots on equal total work, and end-to-end
     /// throughput of no-op tasks through worker processes, beside the local pool and Celery.

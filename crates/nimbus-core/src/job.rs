@@ -93,6 +93,19 @@ pub enum JobEvent {
         /// In all.
         total: u64,
     },
+    /// One item of a job of many items ended (an image classified), with its result.
+    Item {
+        /// The job.
+        job_id: String,
+        /// The item's position in the job.
+        index: usize,
+        /// Its result.
+        item: serde_json::Value,
+        /// Items ended so far.
+        done: u64,
+        /// Items in all.
+        total: u64,
+    },
     /// The job succeeded.
     Result {
         /// The job.
@@ -119,6 +132,7 @@ impl JobEvent {
     pub fn job_id(&self) -> &str {
         match self {
             Self::Progress { job_id, .. }
+            | Self::Item { job_id, .. }
             | Self::Result { job_id, .. }
             | Self::Failed { job_id, .. }
             | Self::Cancelled { job_id } => job_id,
@@ -127,6 +141,6 @@ impl JobEvent {
 
     /// Whether no event follows this one.
     pub fn is_terminal(&self) -> bool {
-        !matches!(self, Self::Progress { .. })
+        !matches!(self, Self::Progress { .. } | Self::Item { .. })
     }
 }

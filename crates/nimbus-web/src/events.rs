@@ -117,6 +117,7 @@ fn sse(name: &str, data: &impl serde::Serialize) -> Event {
 fn event_name(e: &JobEvent) -> &'static str {
     match e {
         JobEvent::Progress { .. } => "progress",
+        JobEvent::Item { .. } => "item",
         JobEvent::Result { .. } => "result",
         JobEvent::Failed { .. } => "failed",
         JobEvent::Cancelled { .. } => "cancelled",

@@ -3,6 +3,7 @@
 //! HTTP to users.
 
 mod api;
+mod classify;
 mod error;
 pub mod events;
 mod metrics;
@@ -10,6 +11,7 @@ pub mod openapi;
 mod pages;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
@@ -33,6 +35,14 @@ pub struct WebConfig {
     pub upload_limit: usize,
     /// Names this replica's event queue (`events-<replica>`).
     pub replica: String,
+    /// The largest image accepted.
+    pub max_image_bytes: usize,
+    /// The largest classify or upload request (all its images).
+    pub max_upload_bytes: usize,
+    /// How long a classify request waits for its labels by default.
+    pub classify_wait: Duration,
+    /// The longest wait a client may ask for.
+    pub max_classify_wait: Duration,
 }
 
 impl Default for WebConfig {
@@ -41,6 +51,10 @@ impl Default for WebConfig {
             limits: Limits::default(),
             upload_limit: 64 * 1024 * 1024,
             replica: format!("web-{}", std::process::id()),
+            max_image_bytes: 10 * 1024 * 1024,
+            max_upload_bytes: 100 * 1024 * 1024,
+            classify_wait: Duration::from_secs(30),
+            max_classify_wait: Duration::from_secs(120),
         }
     }
 }
@@ -68,7 +82,13 @@ impl AppState {
     /// Creates the queues and topic the web tier sends to and starts this replica's event pump
     /// (until `shutdown`; the handle ends once the replica's event queue is removed).
     pub async fn start(&self, shutdown: CancellationToken) -> Result<tokio::task::JoinHandle<()>> {
-        self.store.prepare(&[atoms::GENERATE, atoms::SOLVE]).await?;
+        self.store
+            .prepare(&[
+                atoms::GENERATE,
+                atoms::SOLVE,
+                nimbus_workloads::classify::REQUESTS,
+            ])
+            .await?;
         events::start_pump(
             self.store.engine().clone(),
             self.hub.clone(),
@@ -82,6 +102,7 @@ impl AppState {
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let upload_limit = state.config.upload_limit;
+    let image_upload_limit = state.config.max_upload_bytes;
     Router::new()
         .route("/", get(pages::home))
         .route("/jobs/{id}", get(pages::job_page))
@@ -100,6 +121,15 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/atoms",
             post(api::upload_atoms).layer(DefaultBodyLimit::max(upload_limit)),
         )
+        .route(
+            "/api/v1/classify",
+            post(classify::classify).layer(DefaultBodyLimit::max(image_upload_limit)),
+        )
+        .route(
+            "/api/v1/upload",
+            post(classify::upload).layer(DefaultBodyLimit::max(image_upload_limit)),
+        )
+        .route("/classify", get(pages::classify_page))
         .fallback(|| async {
             ApiError::not_found("no such page or endpoint; see /api/v1/openapi.json")
         })

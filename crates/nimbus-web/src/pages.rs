@@ -14,6 +14,14 @@ body { margin:0; font:16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, san
 header { background:#141a2e; color:#fff; padding:14px 28px; display:flex; align-items:baseline; gap:16px; }
 header a { color:#fff; text-decoration:none; font-weight:700; font-size:20px; }
 header span { color:#aab3c9; font-size:14px; }
+header nav { margin-left:auto; display:flex; gap:18px; } header nav a { font-size:15px; font-weight:600; color:#cfd6e6; }
+.drop { border:2px dashed #aab3c9; border-radius:10px; padding:34px; text-align:center; color:var(--muted); cursor:pointer; }
+.drop.over { border-color:var(--accent); background:#eef2ff; }
+.grid { display:grid; grid-template-columns:repeat(auto-fill, minmax(200px, 1fr)); gap:16px; }
+.tile { background:#fff; border:1px solid var(--line); border-radius:10px; overflow:hidden; }
+.tile img { width:100%; height:150px; object-fit:cover; display:block; background:#eef1f8; }
+.tile .cap { padding:10px 12px; font-size:14px; } .tile .name { color:var(--muted); font-size:12px; overflow:hidden; text-overflow:ellipsis; white-space:nowrap; }
+.tile .label { font-weight:700; margin-top:4px; } .tile .score { color:var(--muted); font-variant-numeric:tabular-nums; }
 main { max-width:960px; margin:28px auto; padding:0 20px; }
 .card { background:#fff; border:1px solid var(--line); border-radius:10px; padding:22px 24px; margin-bottom:22px; }
 h1 { font-size:22px; margin:0 0 14px; } h2 { font-size:18px; margin:0 0 12px; }
@@ -42,7 +50,7 @@ fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'>\
          <title>{title} · nimbus</title><style>{STYLE}</style></head><body>\
-         <header><a href='/'>nimbus</a><span>elastic, queue-driven computing</span></header><main>{body}</main></body></html>"
+         <header><a href='/'>nimbus</a><span>elastic, queue-driven computing</span><nav><a href='/'>atoms</a><a href='/classify'>images</a></nav></header><main>{body}</main></body></html>"
     ))
 }
 
@@ -204,4 +212,47 @@ if (c) c.addEventListener('click', async () => {{ await fetch('/api/v1/jobs/{id}
         total = job.progress.total,
     );
     Ok(page(&format!("job {}", escape(&job.id)), &body))
+}
+
+pub async fn classify_page() -> Html<String> {
+    let body = r#"<section class=card><h1>Image recognition</h1>
+<p class=hint>Drop photos here: each one goes to the queue, a worker runs an ImageNet classifier (EfficientNet-Lite0) on it, and its label appears as soon as it is done.</p>
+<div class=drop id=drop>Drop images here, or click to choose (PNG, JPEG, GIF, BMP, WebP; up to 100 at once)<input id=files type=file accept="image/*" multiple hidden></div>
+<p id=msg class=error></p></section>
+<section class=card><div class=grid id=grid></div></section>
+<script>
+const drop = document.getElementById('drop'), files = document.getElementById('files'), grid = document.getElementById('grid'), msg = document.getElementById('msg');
+drop.onclick = () => files.click();
+files.onchange = () => send([...files.files]);
+drop.ondragover = (e) => { e.preventDefault(); drop.classList.add('over'); };
+drop.ondragleave = () => drop.classList.remove('over');
+drop.ondrop = (e) => { e.preventDefault(); drop.classList.remove('over'); send([...e.dataTransfer.files]); };
+function tile(file) {
+  const t = document.createElement('div'); t.className = 'tile';
+  t.innerHTML = '<img><div class=cap><div class=name></div><div class=label>waiting…</div><div class=score></div></div>';
+  t.querySelector('img').src = URL.createObjectURL(file); t.querySelector('.name').textContent = file.name;
+  grid.prepend(t); return t;
+}
+function show(t, item) {
+  if (item.error) { t.querySelector('.label').textContent = 'error'; t.querySelector('.score').textContent = item.error; return; }
+  const top = item.labels[0];
+  t.querySelector('.label').textContent = top.label.split(',')[0];
+  t.querySelector('.score').textContent = (top.score * 100).toFixed(1) + ' %' + (item.labels[1] ? ' · then ' + item.labels[1].label.split(',')[0] : '');
+}
+async function send(list) {
+  msg.textContent = ''; if (!list.length) return;
+  const tiles = list.map(tile);
+  const form = new FormData(); list.forEach((f) => form.append('image', f, f.name));
+  const r = await fetch('/api/v1/classify?wait=0', { method: 'POST', body: form });
+  const j = await r.json();
+  if (!r.ok && r.status !== 202) { msg.textContent = j.error; tiles.forEach((t) => t.querySelector('.label').textContent = 'refused'); return; }
+  const es = new EventSource('/api/v1/jobs/' + j.job_id + '/events');
+  const fill = (images) => images.forEach((i) => show(tiles[i.index], i));
+  es.addEventListener('snapshot', (e) => { const job = JSON.parse(e.data); if (job.result) { fill(job.result.images); es.close(); } });
+  es.addEventListener('item', (e) => { const d = JSON.parse(e.data); show(tiles[d.index], d.item); });
+  es.addEventListener('result', (e) => { fill(JSON.parse(e.data).result.images); es.close(); });
+  es.addEventListener('failed', (e) => { msg.textContent = JSON.parse(e.data).error; es.close(); });
+}
+</script>"#;
+    page("image recognition", body)
 }

@@ -47,6 +47,14 @@ pub async fn run(_engine: &EngineArgs, cmd: BenchCmd) -> anyhow::Result<()> {
             );
             atoms(n, m, reference.as_deref(), runs).await
         }
+        BenchCmd::Classify {
+            url,
+            images,
+            requests,
+            concurrency,
+            expect,
+            wait,
+        } => classify(url, &images, requests, concurrency, expect.as_deref(), wait).await,
         BenchCmd::Tasks {
             slots,
             scale,
@@ -125,6 +133,65 @@ async fn atoms(
             break;
         }
     }
+    Ok(())
+}
+
+async fn classify(
+    url: String,
+    dir: &std::path::Path,
+    requests: usize,
+    concurrency: usize,
+    expect: Option<&std::path::Path>,
+    wait: f64,
+) -> anyhow::Result<()> {
+    use nimbus_bench::classify::{load_images, parse_expectations, ClassifyBench};
+    anyhow::ensure!(
+        requests > 0 && concurrency > 0,
+        "--requests and --concurrency must be at least 1"
+    );
+    let images =
+        load_images(dir).with_context(|| format!("cannot read images from {}", dir.display()))?;
+    anyhow::ensure!(
+        !images.is_empty(),
+        "no image (png, jpg, gif, bmp, webp) in {}",
+        dir.display()
+    );
+    let expect = match expect {
+        Some(p) => parse_expectations(
+            &std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        None => Default::default(),
+    };
+    let bench = ClassifyBench {
+        url,
+        images,
+        requests,
+        concurrency,
+        expect,
+        wait,
+    };
+    let r = bench.run().await;
+    println!(
+        "{requests} requests are sent. {} responses are correct, {} wrong, {} failed.",
+        r.correct, r.wrong, r.failed
+    );
+    println!(
+        "{:.2} s in all, {:.1} images/s; latency p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        r.elapsed.as_secs_f64(),
+        requests as f64 / r.elapsed.as_secs_f64(),
+        r.percentile(0.5).as_secs_f64() * 1e3,
+        r.percentile(0.9).as_secs_f64() * 1e3,
+        r.percentile(0.99).as_secs_f64() * 1e3,
+        r.percentile(1.0).as_secs_f64() * 1e3
+    );
+    for e in r.errors.iter().chain(&r.mistakes) {
+        println!("  {e}");
+    }
+    anyhow::ensure!(
+        r.failed == 0 && r.wrong == 0,
+        "not every answer was correct"
+    );
     Ok(())
 }
 

@@ -71,20 +71,28 @@ pub async fn up(engine: &EngineArgs, args: UpArgs) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let config = WorkerConfig {
         worker_id: format!("up-{}", default_worker_id()),
-        queues: [atoms::GENERATE, atoms::SOLVE, TASKS_QUEUE]
-            .into_iter()
-            .map(QueueName::new)
-            .collect::<Result<_, _>>()?,
+        queues: [
+            atoms::GENERATE,
+            atoms::SOLVE,
+            nimbus_workloads::classify::REQUESTS,
+            TASKS_QUEUE,
+        ]
+        .into_iter()
+        .map(QueueName::new)
+        .collect::<Result<_, _>>()?,
         concurrency: args.solvers.unwrap_or(cores).max(1) + 1,
         visibility: Duration::from_secs(10),
         poll_wait: Duration::from_millis(500),
         ..WorkerConfig::default()
     };
-    let worker = Worker::new(
-        engine.clone(),
-        all_handlers(&engine, ExecPolicy::default()),
-        config,
-    );
+    let handlers = match all_handlers(&engine, ExecPolicy::default(), &args.model, true) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("warning: image recognition is off: {e:#}");
+            all_handlers(&engine, ExecPolicy::default(), &args.model, false)?
+        }
+    };
+    let worker = Worker::new(engine.clone(), handlers, config);
     let workers = tokio::spawn(worker.run(shutdown.clone()));
     announce(&listener, "")?;
     nimbus_web::serve(listener, state, shutdown.clone()).await?;

@@ -7,7 +7,7 @@ use nimbus_workloads::atoms;
 use nimbus_workloads::jobs::JobStore;
 use nimbus_workloads::tasks::{ExecPolicy, TaskHandler, KIND};
 
-use crate::args::{EngineArgs, WorkerArgs};
+use crate::args::{EngineArgs, ModelArgs, WorkerArgs};
 use crate::engine_url;
 
 pub async fn run(engine: &EngineArgs, args: WorkerArgs) -> anyhow::Result<()> {
@@ -40,7 +40,11 @@ pub async fn run(engine: &EngineArgs, args: WorkerArgs) -> anyhow::Result<()> {
         dedup: !args.no_dedup,
         ..WorkerConfig::default()
     };
-    let handlers = all_handlers(&engine, policy);
+    let classify = args
+        .queues
+        .iter()
+        .any(|q| q == nimbus_workloads::classify::REQUESTS);
+    let handlers = all_handlers(&engine, policy, &args.model, classify)?;
     let id = config.worker_id.clone();
     let stats = Worker::new(engine, handlers, config)
         .run(crate::shutdown_on_signals())
@@ -52,13 +56,45 @@ pub async fn run(engine: &EngineArgs, args: WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every job kind a worker can run: tasks and the atoms pipeline.
-pub fn all_handlers(engine: &nimbus_core::Engine, policy: ExecPolicy) -> Handlers {
+/// Every job kind a worker can run: tasks, the atoms pipeline and, when `classify` and this build
+/// has it, image classification (the model is loaded once, here).
+pub fn all_handlers(
+    engine: &nimbus_core::Engine,
+    policy: ExecPolicy,
+    model: &ModelArgs,
+    classify: bool,
+) -> anyhow::Result<Handlers> {
     let store = JobStore::new(engine.clone());
-    Handlers::default()
+    let handlers = Handlers::default()
         .with(KIND, TaskHandler::new(policy))
         .with(atoms::GENERATE, atoms::GenerateHandler::new(store.clone()))
-        .with(atoms::SOLVE, atoms::SolveHandler::new(store))
+        .with(atoms::SOLVE, atoms::SolveHandler::new(store.clone()));
+    if !classify {
+        return Ok(handlers);
+    }
+    with_classifier(handlers, store, model)
+}
+
+#[cfg(feature = "classify")]
+fn with_classifier(
+    handlers: Handlers,
+    store: JobStore,
+    model: &ModelArgs,
+) -> anyhow::Result<Handlers> {
+    use nimbus_workloads::classify::{model::Classifier, ClassifyHandler, KIND};
+    let started = std::time::Instant::now();
+    let classifier = Classifier::load(&model.model, &model.labels)
+        .map_err(|e| anyhow::anyhow!("{e} (pass --model and --labels)"))?;
+    tracing::info!(model = %model.model.display(), took = ?started.elapsed(), "image model loaded");
+    Ok(handlers.with(
+        KIND,
+        ClassifyHandler::new(store, std::sync::Arc::new(classifier)),
+    ))
+}
+
+#[cfg(not(feature = "classify"))]
+fn with_classifier(_: Handlers, _: JobStore, _: &ModelArgs) -> anyhow::Result<Handlers> {
+    anyhow::bail!("this nimbus was built without image classification (cargo feature `classify`)")
 }
 
 pub fn default_worker_id() -> String {

@@ -1,0 +1,215 @@
+//! Image classification over HTTP: `POST /api/v1/classify` (one image as the body, or several as
+//! multipart) and `POST /api/v1/upload` (seed 004: several images as multipart). Each image is
+//! checked here first (size, format, dimensions: a decompression bomb is refused from its
+//! header), so a bad one gets a 4xx naming it and nothing is queued; then the request waits for
+//! the job's result up to `wait` seconds, or answers 202 with the job to poll.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use nimbus_core::JobEvent;
+use nimbus_workloads::classify::{self, check_header, ImageError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The most images in one request.
+pub const MAX_IMAGES: usize = 100;
+
+#[derive(Debug, Deserialize)]
+pub struct ClassifyQuery {
+    /// Seconds to wait for the labels before answering 202 (default: the server's).
+    wait: Option<f64>,
+    /// The file name of a single image sent as the body.
+    name: Option<String>,
+}
+
+pub async fn classify(
+    State(state): State<AppState>,
+    query: Result<Query<ClassifyQuery>, axum::extract::rejection::QueryRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let wait = wait_of(&state, query.wait)?;
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let images = if is_multipart {
+        read_multipart(&state, request).await?
+    } else {
+        let name = query.name.unwrap_or_else(|| "image".into());
+        let limit = state.config.max_image_bytes;
+        let body = Bytes::from_request(request, &state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large(format!("image `{name}` is over the limit of {limit} bytes"))
+            } else {
+                ApiError::bad_request(e.body_text())
+            }
+        })?;
+        vec![(name, body)]
+    };
+    run(&state, images, wait).await
+}
+
+/// `POST /api/v1/upload`: seed 004's upload of several images (multipart), results per image.
+pub async fn upload(
+    state: State<AppState>,
+    query: Result<Query<ClassifyQuery>, axum::extract::rejection::QueryRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    classify(state, query, request).await
+}
+
+fn wait_of(state: &AppState, asked: Option<f64>) -> Result<Duration, ApiError> {
+    let max = state.config.max_classify_wait;
+    match asked {
+        None => Ok(state.config.classify_wait),
+        Some(s) if s.is_finite() && s >= 0.0 && s <= max.as_secs_f64() => {
+            Ok(Duration::from_secs_f64(s))
+        }
+        Some(s) => Err(ApiError::bad_request(format!(
+            "wait {s} is outside 0 to {} seconds",
+            max.as_secs()
+        ))),
+    }
+}
+
+async fn read_multipart(
+    state: &AppState,
+    request: Request,
+) -> Result<Vec<(String, Bytes)>, ApiError> {
+    let mut form = Multipart::from_request(request, state)
+        .await
+        .map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let mut images = Vec::new();
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))?
+    {
+        let name = field
+            .file_name()
+            .or(field.name())
+            .unwrap_or("image")
+            .to_string();
+        let bytes = field.bytes().await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large(format!(
+                    "the upload is over the limit of {} bytes (at `{name}`)",
+                    state.config.max_upload_bytes
+                ))
+            } else {
+                ApiError::bad_request(format!("image `{name}`: {e}"))
+            }
+        })?;
+        images.push((name, bytes));
+        if images.len() > MAX_IMAGES {
+            return Err(ApiError::bad_request(format!(
+                "more than {MAX_IMAGES} images in one request"
+            )));
+        }
+    }
+    Ok(images)
+}
+
+async fn run(
+    state: &AppState,
+    images: Vec<(String, Bytes)>,
+    wait: Duration,
+) -> Result<Response, ApiError> {
+    if images.is_empty() {
+        return Err(ApiError::bad_request(
+            "no image in the request: send one as the body, or several as multipart form data",
+        ));
+    }
+    for (name, bytes) in &images {
+        if bytes.len() > state.config.max_image_bytes {
+            return Err(ApiError::too_large(format!(
+                "image `{name}` is {} bytes, over the limit of {} bytes",
+                bytes.len(),
+                state.config.max_image_bytes
+            )));
+        }
+        check_header(bytes).map_err(|e| refusal(name, &e))?;
+    }
+    let job = classify::submit(&state.store, images).await?;
+    let mut rx = state.hub.subscribe(&job.id);
+    // Events published before the subscription are not lost: the job record has them.
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let current = state.store.get(&job.id).await?;
+        if current.state.is_terminal() {
+            return Ok(answer(
+                &current.id,
+                current.result.unwrap_or_default(),
+                current.error,
+            ));
+        }
+        let event = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(e)) => e,
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Err(_)) | Err(_) => break,
+        };
+        match event {
+            JobEvent::Result { result, .. } => return Ok(answer(&job.id, result, None)),
+            JobEvent::Failed { error, .. } => return Ok(answer(&job.id, Value::Null, Some(error))),
+            _ => {}
+        }
+    }
+    let location = format!("/api/v1/jobs/{}", job.id);
+    let body = json!({ "job_id": job.id, "state": "queued", "location": location,
+                       "message": "the labels are not ready yet; GET the location for them" });
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
+}
+
+fn refusal(name: &str, e: &ImageError) -> ApiError {
+    match e {
+        ImageError::TooLarge { .. } => ApiError::too_large(format!("image `{name}`: {e}")),
+        _ => ApiError::bad_request(format!("image `{name}`: {e}")),
+    }
+}
+
+/// 200 with every image's labels, or 422 naming the images that could not be read.
+fn answer(job_id: &str, result: Value, error: Option<String>) -> Response {
+    if let Some(error) = error {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "job_id": job_id, "error": error })),
+        )
+            .into_response();
+    }
+    let images = result
+        .get("images")
+        .cloned()
+        .unwrap_or(Value::Array(Vec::new()));
+    let failed: Vec<String> = images
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            Some(format!(
+                "image `{}`: {}",
+                i.get("name")?.as_str()?,
+                i.get("error")?.as_str()?
+            ))
+        })
+        .collect();
+    if !failed.is_empty() {
+        let body = json!({ "job_id": job_id, "error": failed.join("; "), "images": images });
+        return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+    }
+    Json(json!({ "job_id": job_id, "images": images })).into_response()
+}
