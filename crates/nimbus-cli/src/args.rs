@@ -368,6 +368,21 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Per-image inference time of the image model in tract (one thread), beside onnxruntime on
+    /// the same ONNX file (`bench/onnxruntime_peer.py`).
+    Model {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The image to classify.
+        #[arg(
+            long,
+            default_value = "/usr/lib/python3/dist-packages/skimage/data/chelsea.png"
+        )]
+        image: PathBuf,
+        /// Timed inferences (the median is reported).
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+    },
     /// The image service's workload generator: N requests over a directory of images, C at once;
     /// correct, wrong and failed answers, throughput, latency percentiles.
     Classify {

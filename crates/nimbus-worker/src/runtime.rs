@@ -211,18 +211,14 @@ async fn receive_loop(
     let config = &shared.config;
     let mut errors = 0u32;
     while !stop.is_cancelled() {
-        let first = tokio::select! {
-            permit = shared.slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+        // Wait for a free slot without holding it through the long poll: a worker on several
+        // queues must not let an idle queue's poll keep slots from a busy one.
+        tokio::select! {
+            permit = shared.slots.acquire() => match permit { Ok(p) => drop(p), Err(_) => break },
             () = stop.cancelled() => break,
-        };
-        let mut permits = vec![first];
-        while permits.len() < config.batch {
-            match shared.slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
         }
-        let request = ReceiveRequest::new(permits.len())
+        let want = shared.slots.available_permits().clamp(1, config.batch);
+        let request = ReceiveRequest::new(want)
             .visibility(config.visibility)
             .wait(config.poll_wait);
         let got = match shared.engine.queue.receive(&queue, request).await {
@@ -239,12 +235,32 @@ async fn receive_loop(
             }
         };
         if got.is_empty() {
-            drop(permits);
             stop_if_idle(&shared, &stop);
             continue;
         }
         *lock(&shared.last_activity) = Instant::now();
-        permits.truncate(got.len());
+        // One slot per message; if other queues took the free ones meanwhile, wait for tasks to end.
+        let mut permits = Vec::with_capacity(got.len());
+        while permits.len() < got.len() {
+            tokio::select! {
+                permit = shared.slots.clone().acquire_owned() => match permit { Ok(p) => permits.push(p), Err(_) => break },
+                () = stop.cancelled() => break,
+            }
+        }
+        if permits.len() < got.len() {
+            // Stopping: give back what cannot start.
+            for d in &got[permits.len()..] {
+                let _ = shared
+                    .engine
+                    .queue
+                    .change_visibility(&queue, &d.receipt, Duration::ZERO)
+                    .await;
+            }
+        }
+        let got: Vec<Delivery> = got.into_iter().take(permits.len()).collect();
+        if got.is_empty() {
+            break;
+        }
         dispatch(&shared, &queue, got, permits, &done).await;
     }
 }

@@ -403,3 +403,33 @@ async fn a_task_whose_owner_died_is_taken_over() {
         "the claim ended under the new owner"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_queue_does_not_starve_a_busy_one() {
+    let s = setup(QueueOptions::default()).await;
+    let idle = QueueName::new("idle").unwrap();
+    s.engine
+        .queue
+        .create_queue(&idle, &QueueOptions::default())
+        .await
+        .unwrap();
+    let batch = (0..20)
+        .map(|i| task(&format!("t{i}"), "probe", "0"))
+        .collect();
+    s.engine.queue.send_batch(&s.work, batch).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let stats = run_worker(&s, "w1", &Probe::default(), |c| {
+        c.queues = vec![idle.clone(), s.work.clone()];
+        c.concurrency = 1;
+        c.poll_wait = Duration::from_secs(2);
+        c.exit_when_idle = Some(Duration::from_millis(300));
+    })
+    .await;
+    assert_eq!(stats.succeeded, 20);
+    // Holding the only slot through each 2 s poll of the idle queue would take 20 s and more.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+}

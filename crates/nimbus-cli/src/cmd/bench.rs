@@ -47,6 +47,7 @@ pub async fn run(_engine: &EngineArgs, cmd: BenchCmd) -> anyhow::Result<()> {
             );
             atoms(n, m, reference.as_deref(), runs).await
         }
+        BenchCmd::Model { model, image, runs } => model_bench(&model, &image, runs).await,
         BenchCmd::Classify {
             url,
             images,
@@ -193,6 +194,82 @@ async fn classify(
         "not every answer was correct"
     );
     Ok(())
+}
+
+#[cfg(feature = "classify")]
+async fn model_bench(
+    model: &crate::args::ModelArgs,
+    image: &std::path::Path,
+    runs: usize,
+) -> anyhow::Result<()> {
+    use nimbus_workloads::classify::model::Classifier;
+    anyhow::ensure!(runs > 0, "--runs must be at least 1");
+    let bytes = std::fs::read(image).with_context(|| format!("cannot read {}", image.display()))?;
+    let started = std::time::Instant::now();
+    let classifier = Classifier::load(&model.model, &model.labels).map_err(anyhow::Error::msg)?;
+    let load = started.elapsed();
+    classifier.time_inference(&bytes, 5)?;
+    let mut times: Vec<f64> = classifier
+        .time_inference(&bytes, runs)?
+        .iter()
+        .map(|d| d.as_secs_f64() * 1e3)
+        .collect();
+    let tract = median(&mut times);
+    let top = classifier.classify(&bytes, 1)?;
+    println!(
+        "model {}, image {} (top label: {})\n",
+        model.model.display(),
+        image.display(),
+        top[0].label
+    );
+    println!(
+        "| runtime | threads | load | per image (median of {runs}) |\n| --- | ---: | ---: | ---: |"
+    );
+    println!(
+        "| nimbus (tract-onnx) | 1 | {:.0} ms | {tract:.2} ms |",
+        load.as_secs_f64() * 1e3
+    );
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/onnxruntime_peer.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(&model.model)
+        .arg(runs.to_string())
+        .output()
+        .await;
+    match out {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
+                    .unwrap_or("?")
+                    .to_string()
+            };
+            let version = text.lines().next().unwrap_or("onnxruntime").to_string();
+            println!(
+                "| {version} | 1 | {} ms | {} ms |",
+                field("load_ms "),
+                field("ms_per_image ")
+            );
+        }
+        Ok(out) => println!(
+            "| onnxruntime | 1 | not run: {} | |",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+        Err(e) => println!("| onnxruntime | 1 | not run: {e} | |"),
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "classify"))]
+async fn model_bench(
+    _: &crate::args::ModelArgs,
+    _: &std::path::Path,
+    _: usize,
+) -> anyhow::Result<()> {
+    anyhow::bail!("this nimbus was built without image classification (cargo feature `classify`)")
 }
 
 /// A fresh embedded engine in a temporary directory, so a benchmark never touches user data.

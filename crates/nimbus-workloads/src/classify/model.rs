@@ -73,6 +73,22 @@ impl Classifier {
         Ok(logits.iter().copied().collect())
     }
 
+    /// Times `runs` inferences alone (no decoding) on one image's input: for benchmarks.
+    pub fn time_inference(
+        &self,
+        bytes: &[u8],
+        runs: usize,
+    ) -> Result<Vec<std::time::Duration>, ClassifyError> {
+        let input = to_input(&decode(bytes)?);
+        (0..runs)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                self.infer(input.clone()).map_err(ClassifyError::Model)?;
+                Ok(started.elapsed())
+            })
+            .collect()
+    }
+
     /// The `k` most likely labels of an encoded image (PNG, JPEG, GIF, BMP, WebP).
     pub fn classify(&self, bytes: &[u8], k: usize) -> Result<Vec<Prediction>, ClassifyError> {
         let image = decode(bytes)?;
