@@ -23,6 +23,7 @@ impl Up {
                 "--port",
                 "0",
             ])
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -100,6 +101,36 @@ fn the_gui_runs_an_atoms_job_in_headless_chromium() {
         "the screenshot is saved under {}",
         shots.display()
     );
+}
+
+#[test]
+fn the_image_page_labels_dropped_photos_in_headless_chromium() {
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "run ./scripts/test.sh, which installs playwright-core"
+    );
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path());
+    let shots = output_dir("browser");
+    let photos = ["chelsea.png", "coffee.png", "camera.png"]
+        .map(|p| format!("/usr/lib/python3/dist-packages/skimage/data/{p}"));
+    let out = Command::new("node")
+        .arg(browser_dir.join("classify.mjs"))
+        .arg(&up.url)
+        .arg(&shots)
+        .args(&photos)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "browser test failed: {report}");
+    for label in ["cat", "espresso", "tripod"] {
+        assert!(report.contains(label), "{label} missing: {report}");
+    }
 }
 
 #[test]

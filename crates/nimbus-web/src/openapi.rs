@@ -51,6 +51,32 @@ pub fn document() -> Value {
                 "get": { "summary": "Atoms jobs: heat map of the potential in the z-plane of the minimum", "parameters": id_parameter(),
                          "responses": { "200": { "description": "PNG", "content": { "image/png": {} } }, "404": error_response("No picture (yet)") } }
             },
+            "/api/v1/classify": {
+                "post": {
+                    "summary": "Classify images: one as the body (any image content type, `?name=` for its file name) or several as multipart form data; answers when labelled, or 202 with the job after `wait` seconds",
+                    "parameters": [
+                        { "name": "wait", "in": "query", "schema": { "type": "number", "minimum": 0, "maximum": 120, "default": 30 } },
+                        { "name": "name", "in": "query", "schema": { "type": "string" } }
+                    ],
+                    "requestBody": { "required": true, "content": { "application/octet-stream": {}, "image/*": {}, "multipart/form-data": {} } },
+                    "responses": {
+                        "200": { "description": "Each image's top-5 labels, in request order", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Classified" } } } },
+                        "202": { "description": "Not labelled yet: the job to poll (Location header)" },
+                        "400": error_response("No image, an unreadable or empty image (the file is named)"),
+                        "413": error_response("An image over the size or pixel limits (the file is named)"),
+                        "422": error_response("An image the worker could not decode (the file is named)")
+                    }
+                }
+            },
+            "/api/v1/upload": {
+                "post": {
+                    "summary": "Seed 004's upload: several images as multipart form data, labels listed per image (as /api/v1/classify)",
+                    "requestBody": { "required": true, "content": { "multipart/form-data": {} } },
+                    "responses": { "200": { "description": "Labels per image", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Classified" } } } },
+                                   "202": { "description": "Not labelled yet: the job to poll" },
+                                   "400": error_response("A bad image, named"), "413": error_response("Over a limit, named") }
+                }
+            },
             "/api/v1/atoms": {
                 "post": {
                     "summary": "Upload an atom set: one atom a line, `x y z e`",
@@ -63,13 +89,19 @@ pub fn document() -> Value {
         "components": { "schemas": {
             "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
             "CreateJob": { "type": "object", "required": ["kind", "params"], "properties": {
-                "kind": { "type": "string", "enum": ["atoms"] },
+                "kind": { "type": "string", "enum": ["atoms"], "description": "classify jobs are created by POST /api/v1/classify" },
                 "params": { "$ref": "#/components/schemas/AtomsParams" } } },
             "AtomsParams": { "type": "object", "required": ["grid_size"], "additionalProperties": false, "properties": {
                 "grid_size": { "type": "integer", "minimum": 1 },
                 "atom_count": { "type": "integer", "minimum": 1, "description": "Atoms to generate (omit with atoms_key)" },
                 "seed": { "type": "integer", "minimum": 0 },
                 "atoms_key": { "type": "string", "description": "From POST /api/v1/atoms" } } },
+            "Classified": { "type": "object", "properties": {
+                "job_id": { "type": "string" },
+                "images": { "type": "array", "items": { "type": "object", "properties": {
+                    "index": { "type": "integer" }, "name": { "type": "string" }, "error": { "type": "string" },
+                    "labels": { "type": "array", "items": { "type": "object", "properties": {
+                        "label": { "type": "string" }, "score": { "type": "number" }, "class": { "type": "integer" } } } } } } } } },
             "Upload": { "type": "object", "properties": { "atoms_key": { "type": "string" }, "atom_count": { "type": "integer" } } },
             "Job": { "type": "object", "properties": {
                 "id": { "type": "string", "format": "uuid" }, "kind": { "type": "string" }, "params": { "type": "object" },

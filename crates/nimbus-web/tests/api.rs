@@ -210,6 +210,8 @@ async fn health_openapi_and_metrics_are_served() {
         "/api/v1/jobs/{id}/events",
         "/api/v1/jobs/{id}/plane.png",
         "/api/v1/atoms",
+        "/api/v1/classify",
+        "/api/v1/upload",
     ] {
         assert!(doc["paths"].get(path).is_some(), "openapi lacks {path}");
     }
