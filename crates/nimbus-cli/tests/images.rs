@@ -90,7 +90,7 @@ fn a_hundred_requests_are_all_answered_correctly_although_a_worker_is_killed() {
             "--requests",
             "100",
             "--concurrency",
-            "20",
+            "100",
         ])
         .arg("--images")
         .arg(&images)
