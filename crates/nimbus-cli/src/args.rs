@@ -108,7 +108,7 @@ pub struct UpArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// A queue to receive from (repeatable).
+    /// A queue to receive from (repeatable): tasks, atoms-generate, atoms-solve, classify-requests.
     #[arg(long = "queue", default_value = nimbus_workloads::tasks::TASKS_QUEUE)]
     pub queues: Vec<String>,
     /// Tasks run at once.
