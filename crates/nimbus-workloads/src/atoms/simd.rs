@@ -68,7 +68,7 @@ macro_rules! simd_rows {
             while xb < n {
                 // Up to 8 vectors (4 for two rows) per block, fewer at the row's end.
                 let left = n - xb;
-                let width = if R == 1 && left > 4 * $lanes {
+                let width = if left > 4 * $lanes {
                     $block::<8, R>(atoms, &dyz, xb, left, &mut out)
                 } else if left > 2 * $lanes {
                     $block::<4, R>(atoms, &dyz, xb, left, &mut out)
