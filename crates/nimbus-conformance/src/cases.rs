@@ -868,3 +868,54 @@ pub async fn put_batch_checks_each_condition_on_its_own(h: &Harness) {
     );
     assert_eq!(ledger.get(&key("missing")).await.unwrap(), None);
 }
+
+pub async fn fifo_group_is_held_by_any_message_in_flight(h: &Harness) {
+    let q = h.queue("held.fifo", QueueOptions::default()).await.unwrap();
+    h.engine
+        .queue
+        .send_batch(&q, vec![fifo_msg("a1", "A"), fifo_msg("a2", "A")])
+        .await
+        .unwrap();
+    let both = collect(h, &q, 2, h.ticks(30)).await;
+    assert_eq!(bodies(&both), ["a1", "a2"]);
+    // a1 goes back (a retry) while a2 is still in flight: the group stays held.
+    h.engine
+        .queue
+        .change_visibility(&q, &both[0].receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(
+        recv(h, &q, 10, h.ticks(30)).await.is_empty(),
+        "a group with a message in flight delivers nothing"
+    );
+    h.engine.queue.delete(&q, &both[1].receipt).await.unwrap();
+    let again = recv_wait(h, &q, 10, h.ticks(30), h.ticks(5)).await;
+    assert_eq!(bodies(&again), ["a1"], "released once the group is free");
+}
+
+pub async fn a_zero_visibility_receive_hands_out_each_message_once(h: &Harness) {
+    let q = h.queue("zero", QueueOptions::default()).await.unwrap();
+    h.engine
+        .queue
+        .send_batch(
+            &q,
+            vec![OutgoingMessage::new("one"), OutgoingMessage::new("two")],
+        )
+        .await
+        .unwrap();
+    let got = h
+        .engine
+        .queue
+        .receive(&q, ReceiveRequest::new(10).visibility(Duration::ZERO))
+        .await
+        .unwrap();
+    let mut ids: Vec<_> = got.iter().map(|d| d.message_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        got.len(),
+        "no message twice in one batch: {:?}",
+        bodies(&got)
+    );
+}

@@ -167,7 +167,6 @@ struct Candidate {
     group_id: Option<String>,
     attrs: Option<String>,
     body: Vec<u8>,
-    visible_at: i64,
 }
 
 fn candidate(r: &rusqlite::Row<'_>) -> rusqlite::Result<Candidate> {
@@ -178,11 +177,10 @@ fn candidate(r: &rusqlite::Row<'_>) -> rusqlite::Result<Candidate> {
         group_id: r.get(3)?,
         attrs: r.get(4)?,
         body: r.get(5)?,
-        visible_at: r.get(6)?,
     })
 }
 
-const CANDIDATE_COLUMNS: &str = "id, receive_count, sent_at, group_id, attrs, body, visible_at";
+const CANDIDATE_COLUMNS: &str = "id, receive_count, sent_at, group_id, attrs, body";
 
 /// Visible messages of a standard queue, oldest visibility first.
 fn standard_candidates(
@@ -208,19 +206,19 @@ fn fifo_candidates(
     now: i64,
     limit: usize,
 ) -> Result<Vec<Candidate>> {
+    // A group is held when any of its messages is in flight, wherever it stands in the group
+    // (a later message may be in flight while an earlier one was released for a retry).
+    let held: std::collections::HashSet<String> = tx
+        .prepare_cached("SELECT DISTINCT COALESCE(group_id, '') FROM messages WHERE queue_id = ?1 AND visible_at > ?2")
+        .and_then(|mut st| st.query_map(params![queue_id, now], |r| r.get(0))?.collect())
+        .map_err(sql_error)?;
     let sql = format!("SELECT {CANDIDATE_COLUMNS} FROM messages WHERE queue_id = ?1 ORDER BY id");
     let mut stmt = tx.prepare_cached(&sql).map_err(sql_error)?;
     let mut rows = stmt.query(params![queue_id]).map_err(sql_error)?;
-    let mut held = std::collections::HashSet::new();
     let mut picked = Vec::new();
     while let Some(row) = rows.next().map_err(sql_error)? {
         let c = candidate(row).map_err(sql_error)?;
-        let group = c.group_id.clone().unwrap_or_default();
-        if held.contains(&group) {
-            continue;
-        }
-        if c.visible_at > now {
-            held.insert(group);
+        if held.contains(c.group_id.as_deref().unwrap_or_default()) {
             continue;
         }
         picked.push(c);
@@ -264,6 +262,8 @@ impl SqliteEngine {
         let retention = ms(row.options.retention);
         let mut deliveries = Vec::new();
         let mut fed = Vec::new();
+        // With a zero visibility timeout a delivered row stays visible: never hand it out twice.
+        let mut seen = std::collections::HashSet::new();
         loop {
             let want = request.max_messages - deliveries.len();
             let batch = if name.is_fifo() {
@@ -276,6 +276,9 @@ impl SqliteEngine {
             }
             let mut skipped = false;
             for c in batch {
+                if !seen.insert(c.id) {
+                    continue;
+                }
                 if now - c.sent_at >= retention {
                     tx.prepare_cached("DELETE FROM messages WHERE id = ?1")
                         .and_then(|mut s| s.execute([c.id]))

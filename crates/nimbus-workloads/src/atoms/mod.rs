@@ -101,6 +101,9 @@ pub fn generate(count: u32, n: u32, seed: u64) -> Atoms {
     atoms
 }
 
+/// The largest |energy| of an uploaded atom: sums of a million of them stay far from f32's range.
+pub const MAX_ENERGY: f32 = 1e6;
+
 /// Parses an uploaded atom set: one atom a line, `x y z e` (spaces, tabs or commas), `#`
 /// comments and blank lines ignored; coordinates must lie inside an `n`-grid when `n` is given.
 /// The error names the line.
@@ -129,6 +132,13 @@ pub fn parse_atoms(text: &str, max_atoms: u32) -> Result<Atoms, String> {
                 .ok()
                 .filter(|x| x.is_finite())
                 .ok_or_else(|| format!("line {}: `{f}` is not a finite number", no + 1))?;
+        }
+        if v[3].abs() > MAX_ENERGY {
+            return Err(format!(
+                "line {}: energy {} is outside -{MAX_ENERGY:e} to {MAX_ENERGY:e}",
+                no + 1,
+                v[3]
+            ));
         }
         if atoms.len() as u64 >= u64::from(max_atoms) {
             return Err(format!(

@@ -70,10 +70,12 @@ pub async fn submit(store: &JobStore, images: Vec<(String, Bytes)>) -> Result<Jo
     let mut requests = Vec::with_capacity(images.len());
     for (index, (name, bytes)) in images.into_iter().enumerate() {
         let key = format!("inputs/{}/{index}", job.id);
-        blobs
-            .put(&BlobPath::from(key.as_str()), bytes.into())
-            .await
-            .map_err(blob_error)?;
+        if let Err(e) = blobs.put(&BlobPath::from(key.as_str()), bytes.into()).await {
+            store
+                .fail(&job.id, &format!("could not store image `{name}`: {e}"))
+                .await?;
+            return Err(blob_error(e));
+        }
         let body = serde_json::to_vec(&Request {
             job_id: job.id.clone(),
             index,
@@ -115,26 +117,33 @@ pub async fn record(store: &JobStore, job_id: &str, result: ImageResult) -> Resu
         .put(&BlobPath::from(output), Bytes::from(bytes).into())
         .await
         .map_err(blob_error)?;
-    // One ledger item per image: a redelivered image is counted once.
-    let first = engine
+    // One ledger item per image: a redelivered image is counted once, and the count is read
+    // back from the items, so a retry after a crash between these steps still completes the job.
+    let partition = format!("job#{job_id}");
+    engine
         .ledger
         .put(
-            &ItemKey::new(
-                format!("job#{job_id}"),
-                format!("image/{:06}", result.index),
-            )?,
+            &ItemKey::new(&partition, format!("image/{:06}", result.index))?,
             Bytes::new(),
             Condition::Absent,
         )
+        .await?;
+    let done = engine
+        .ledger
+        .list(&partition)
         .await?
-        .is_some();
-    let job = store.get(job_id).await?;
-    let total = job.progress.total;
-    let done = if first {
-        store.add_progress(job_id, 1, total).await?
-    } else {
-        job.progress.done
-    };
+        .iter()
+        .filter(|(sort, _)| sort.starts_with("image/"))
+        .count() as u64;
+    let total = store.get(job_id).await?.progress.total;
+    let current = engine
+        .ledger
+        .get(&ItemKey::new(&partition, "progress")?)
+        .await?
+        .map_or(0, |i| i.counter.max(0) as u64);
+    if done > current {
+        store.add_progress(job_id, done - current, total).await?;
+    }
     let item = serde_json::to_value(&result)
         .map_err(|e| Error::internal("cannot encode").with_source(e))?;
     store
@@ -265,8 +274,12 @@ mod handler {
             let (labels, error) = match classified {
                 Ok(Ok(labels)) => (labels, None),
                 Ok(Err(ClassifyError::Image(e))) => (Vec::new(), Some(e.to_string())),
-                Ok(Err(ClassifyError::Model(e))) => return Outcome::Failed(e),
-                Err(e) => return Outcome::Failed(format!("classifier thread failed: {e}")),
+                Ok(Err(ClassifyError::Model(e))) => return self.fail(&request.job_id, e).await,
+                Err(e) => {
+                    return self
+                        .fail(&request.job_id, format!("classifier thread failed: {e}"))
+                        .await
+                }
             };
             let result = ImageResult {
                 index: request.index,
@@ -280,8 +293,18 @@ mod handler {
                     delay: std::time::Duration::from_millis(500),
                     reason: e.to_string(),
                 },
-                Err(e) => Outcome::Failed(e.to_string()),
+                Err(e) => self.fail(&request.job_id, e.to_string()).await,
             }
+        }
+    }
+
+    impl ClassifyHandler {
+        /// Ends the job as failed (its waiting request learns why) and fails the task.
+        async fn fail(&self, job_id: &str, error: String) -> Outcome {
+            if let Err(e) = self.store.fail(job_id, &error).await {
+                tracing::warn!(job_id, error = %e, "could not mark the job failed");
+            }
+            Outcome::Failed(error)
         }
     }
 }

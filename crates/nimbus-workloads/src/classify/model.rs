@@ -108,22 +108,20 @@ pub enum ClassifyError {
     Model(String),
 }
 
-/// Resize the short side to 256, crop the centre 224x224, (v - 127) / 128, NCHW.
+/// The centre 224/256 of the short side, square, resized to 224x224 (the same pixels as resizing
+/// the short side to 256 and cropping the centre 224, without ever making a large image), then
+/// (v - 127) / 128, NCHW.
 fn to_input(image: &DynamicImage) -> Tensor {
     let (w, h) = (image.width().max(1), image.height().max(1));
-    let scale = RESIZE as f32 / w.min(h) as f32;
-    let (rw, rh) = (
-        ((w as f32 * scale).round() as u32).max(SIDE),
-        ((h as f32 * scale).round() as u32).max(SIDE),
-    );
-    let resized = image
-        .resize_exact(rw, rh, image::imageops::FilterType::CatmullRom)
+    let side = ((w.min(h) as u64 * u64::from(SIDE)) / u64::from(RESIZE)).max(1) as u32;
+    let (left, top) = ((w - side) / 2, (h - side) / 2);
+    let crop = image
+        .crop_imm(left, top, side, side)
+        .resize_exact(SIDE, SIDE, image::imageops::FilterType::CatmullRom)
         .to_rgb8();
-    let (left, top) = ((rw - SIDE) / 2, (rh - SIDE) / 2);
-    let side = SIDE as usize;
-    let array = tract_ndarray::Array4::from_shape_fn((1, 3, side, side), |(_, c, y, x)| {
-        let p = resized.get_pixel(left + x as u32, top + y as u32);
-        (f32::from(p[c]) - 127.0) / 128.0
+    let n = SIDE as usize;
+    let array = tract_ndarray::Array4::from_shape_fn((1, 3, n, n), |(_, c, y, x)| {
+        (f32::from(crop.get_pixel(x as u32, y as u32)[c]) - 127.0) / 128.0
     });
     array.into_tensor()
 }
