@@ -239,27 +239,29 @@ async fn receive_loop(
             continue;
         }
         *lock(&shared.last_activity) = Instant::now();
-        // One slot per message; if other queues took the free ones meanwhile, wait for tasks to end.
+        // One free slot per message, taken without waiting: a message that finds none (other
+        // queues took them meanwhile) goes straight back, so received messages never wait
+        // unleased and two receivers can never each hold half of what they need.
         let mut permits = Vec::with_capacity(got.len());
         while permits.len() < got.len() {
-            tokio::select! {
-                permit = shared.slots.clone().acquire_owned() => match permit { Ok(p) => permits.push(p), Err(_) => break },
-                () = stop.cancelled() => break,
+            match shared.slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
             }
         }
-        if permits.len() < got.len() {
-            // Stopping: give back what cannot start.
-            for d in &got[permits.len()..] {
-                let _ = shared
-                    .engine
-                    .queue
-                    .change_visibility(&queue, &d.receipt, Duration::ZERO)
-                    .await;
+        for d in &got[permits.len()..] {
+            if let Err(e) = shared
+                .engine
+                .queue
+                .change_visibility(&queue, &d.receipt, Duration::ZERO)
+                .await
+            {
+                tracing::debug!(queue = %queue, error = %e, "could not give back a message; it returns after its timeout");
             }
         }
         let got: Vec<Delivery> = got.into_iter().take(permits.len()).collect();
         if got.is_empty() {
-            break;
+            continue;
         }
         dispatch(&shared, &queue, got, permits, &done).await;
     }
@@ -455,10 +457,15 @@ async fn run_job(shared: &Arc<Shared>, mut job: Job) -> Option<Completion> {
         tokio::select! {
             result = &mut run => break result.unwrap_or_else(|panic| Outcome::Failed(format!("handler panicked: {}", panic_text(&*panic)))),
             _ = beat.tick() => {
-                if let Err(e) = renew(shared, &mut job).await {
-                    tracing::warn!(task_id = %job.task_id, error = %e, "lease lost; abandoning the task");
-                    context.cancel.cancel();
-                    return None;
+                match renew(shared, &mut job).await {
+                    Ok(()) => {}
+                    // A busy engine: the lease still has half its time; try again next beat.
+                    Err(e) if e.is_retryable() => tracing::warn!(task_id = %job.task_id, error = %e, "lease not extended yet; retrying"),
+                    Err(e) => {
+                        tracing::warn!(task_id = %job.task_id, error = %e, "lease lost; abandoning the task");
+                        context.cancel.cancel();
+                        return None;
+                    }
                 }
             }
             () = shared.abandon.cancelled() => {
@@ -644,14 +651,29 @@ async fn send_reports(shared: &Shared, ended: &[(&Job, TaskReport)]) -> Result<(
         by_queue.entry(reply_to.clone()).or_default().push(message);
     }
     for (queue, messages) in by_queue {
-        let queue = QueueName::new(queue)?;
-        for chunk in messages.chunks(MAX_BATCH) {
-            shared
-                .engine
-                .queue
-                .send_batch(&queue, chunk.to_vec())
-                .await?;
+        let sent = match QueueName::new(queue.as_str()) {
+            Ok(name) => send_all(shared, &name, &messages).await,
+            Err(e) => Err(e),
+        };
+        match sent {
+            // A reply queue that does not exist (or cannot) is the submitter's mistake: the
+            // reports to it are dropped with a warning, the tasks still end.
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::InvalidInput) => {
+                tracing::warn!(reply_to = %queue, reports = messages.len(), error = %e, "reports dropped: bad reply queue");
+            }
+            other => other?,
         }
+    }
+    Ok(())
+}
+
+async fn send_all(shared: &Shared, queue: &QueueName, messages: &[OutgoingMessage]) -> Result<()> {
+    for chunk in messages.chunks(MAX_BATCH) {
+        shared
+            .engine
+            .queue
+            .send_batch(queue, chunk.to_vec())
+            .await?;
     }
     Ok(())
 }

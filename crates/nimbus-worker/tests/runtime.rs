@@ -433,3 +433,26 @@ async fn an_idle_queue_does_not_starve_a_busy_one() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_reply_queue_does_not_hold_back_the_batch() {
+    let s = setup(QueueOptions::default()).await;
+    let lost = task("lost", "probe", "0").attribute(ATTR_REPLY_TO, "no-such-queue");
+    s.engine
+        .queue
+        .send_batch(&s.work, vec![lost, task("fine", "probe", "0")])
+        .await
+        .unwrap();
+    let stats = run_worker(&s, "w1", &Probe::default(), |_| {}).await;
+    assert_eq!(stats.succeeded, 2, "both tasks end");
+    assert_eq!(
+        reports(&s).await.len(),
+        1,
+        "the report with a good reply queue arrives"
+    );
+    assert_eq!(
+        s.engine.queue.depth(&s.work).await.unwrap(),
+        Default::default(),
+        "both messages deleted"
+    );
+}
