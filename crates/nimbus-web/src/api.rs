@@ -77,26 +77,22 @@ async fn create_atoms_job(
     state.store.create(&job).await?;
     let seed = json!({ "Grid size": n, "Atom count": count, "Atom values": null, "Result": null });
     let blob = BlobPath::from(format!("jobs/{}/job.json", job.id));
-    state
+    if let Err(e) = state
         .store
         .engine()
         .blobs
         .put(&blob, Bytes::from(seed.to_string()).into())
         .await
-        .map_err(blob_error)?;
+    {
+        fail_quietly(state, &job.id, &format!("could not store the job: {e}")).await;
+        return Err(blob_error(e));
+    }
     let message = OutgoingMessage::new(json!({ "job_id": job.id }).to_string())
         .attribute(ATTR_KIND, atoms::GENERATE)
         .attribute(ATTR_TASK_ID, format!("{}/generate", job.id));
     let queue = QueueName::new(atoms::GENERATE)?;
     if let Err(e) = state.store.engine().queue.send(&queue, message).await {
-        // Never leave a job queued that no worker will ever see.
-        if let Err(fail) = state
-            .store
-            .fail(&job.id, &format!("could not queue the job: {e}"))
-            .await
-        {
-            tracing::warn!(job_id = %job.id, error = %fail, "could not mark the job failed");
-        }
+        fail_quietly(state, &job.id, &format!("could not queue the job: {e}")).await;
         return Err(e.into());
     }
     tracing::info!(job_id = %job.id, grid = n, atoms = count, "atoms job created");
@@ -107,6 +103,13 @@ async fn create_atoms_job(
         Json(job),
     )
         .into_response())
+}
+
+/// Ends a job that could not be set up: never leave a job queued that no worker will see.
+async fn fail_quietly(state: &AppState, job_id: &str, error: &str) {
+    if let Err(e) = state.store.fail(job_id, error).await {
+        tracing::warn!(job_id, error = %e, "could not mark the job failed");
+    }
 }
 
 /// The atom count of an upload, checked to lie inside the grid.

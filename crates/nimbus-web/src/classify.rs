@@ -11,7 +11,7 @@ use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use nimbus_core::JobEvent;
+use nimbus_core::{JobEvent, JobState};
 use nimbus_workloads::classify::{self, check_header, ImageError};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -45,7 +45,7 @@ pub async fn classify(
     let images = if is_multipart {
         read_multipart(&state, request).await?
     } else {
-        let name = query.name.unwrap_or_else(|| "image".into());
+        let name = short_name(query.name.as_deref().unwrap_or("image"));
         let limit = state.config.max_image_bytes;
         let body = Bytes::from_request(request, &state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -66,6 +66,11 @@ pub async fn upload(
     request: Request,
 ) -> Result<Response, ApiError> {
     classify(state, query, request).await
+}
+
+/// A file name as reported back: at most 255 characters.
+fn short_name(name: &str) -> String {
+    name.chars().take(255).collect()
 }
 
 fn wait_of(state: &AppState, asked: Option<f64>) -> Result<Duration, ApiError> {
@@ -95,11 +100,7 @@ async fn read_multipart(
         .await
         .map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))?
     {
-        let name = field
-            .file_name()
-            .or(field.name())
-            .unwrap_or("image")
-            .to_string();
+        let name = short_name(field.file_name().or(field.name()).unwrap_or("image"));
         let bytes = field.bytes().await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::too_large(format!(
@@ -146,6 +147,12 @@ async fn run(
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let current = state.store.get(&job.id).await?;
+        if current.state == JobState::Cancelled {
+            return Err(ApiError::conflict(format!(
+                "job {} was cancelled",
+                current.id
+            )));
+        }
         if current.state.is_terminal() {
             return Ok(answer(
                 &current.id,
@@ -161,6 +168,9 @@ async fn run(
         match event {
             JobEvent::Result { result, .. } => return Ok(answer(&job.id, result, None)),
             JobEvent::Failed { error, .. } => return Ok(answer(&job.id, Value::Null, Some(error))),
+            JobEvent::Cancelled { .. } => {
+                return Err(ApiError::conflict(format!("job {} was cancelled", job.id)))
+            }
             _ => {}
         }
     }

@@ -108,6 +108,9 @@ pub async fn start_pump(
     }))
 }
 
+/// How long a stream waits for an event before it looks at the job record itself.
+const RECHECK: Duration = Duration::from_secs(10);
+
 fn sse(name: &str, data: &impl serde::Serialize) -> Event {
     Event::default()
         .event(name)
@@ -139,21 +142,32 @@ pub fn stream(
             return;
         }
         loop {
-            let event = match rx.recv().await {
-                Ok(e) => e,
-                Err(broadcast::error::RecvError::Lagged(_)) => match store.get(&id).await {
-                    // Fell behind: a fresh snapshot says where the job is.
-                    Ok(job) => {
-                        done = done.max(job.progress.done);
-                        if tx.send(sse("snapshot", &job)).await.is_err() || job.state.is_terminal()
-                        {
-                            return;
+            // Ends when the client leaves; looks at the record when nothing came for a while,
+            // so a lost final event cannot keep the stream open forever.
+            let received = tokio::select! {
+                () = tx.closed() => return,
+                r = tokio::time::timeout(RECHECK, rx.recv()) => r,
+            };
+            let event = match received {
+                Ok(Ok(e)) => e,
+                Ok(Err(broadcast::error::RecvError::Closed)) => return,
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => {
+                    match store.get(&id).await {
+                        // Fell behind, or quiet: a fresh snapshot says where the job is.
+                        Ok(job) => {
+                            if job.progress.done > done || job.state.is_terminal() {
+                                done = done.max(job.progress.done);
+                                if tx.send(sse("snapshot", &job)).await.is_err()
+                                    || job.state.is_terminal()
+                                {
+                                    return;
+                                }
+                            }
+                            continue;
                         }
-                        continue;
+                        Err(_) => return,
                     }
-                    Err(_) => return,
-                },
-                Err(broadcast::error::RecvError::Closed) => return,
+                }
             };
             if let JobEvent::Progress { done: d, .. } = &event {
                 if *d <= done {

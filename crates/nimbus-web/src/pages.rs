@@ -248,7 +248,11 @@ async function send(list) {
   if (!r.ok && r.status !== 202) { msg.textContent = j.error; tiles.forEach((t) => t.querySelector('.label').textContent = 'refused'); return; }
   const es = new EventSource('/api/v1/jobs/' + j.job_id + '/events');
   const fill = (images) => images.forEach((i) => show(tiles[i.index], i));
-  es.addEventListener('snapshot', (e) => { const job = JSON.parse(e.data); if (job.result) { fill(job.result.images); es.close(); } });
+  es.addEventListener('snapshot', (e) => { const job = JSON.parse(e.data);
+    if (job.result) fill(job.result.images);
+    if (['failed', 'cancelled'].includes(job.state)) msg.textContent = job.error || 'the job was cancelled';
+    if (['succeeded', 'failed', 'cancelled'].includes(job.state)) es.close(); });
+  es.addEventListener('cancelled', () => { msg.textContent = 'the job was cancelled'; es.close(); });
   es.addEventListener('item', (e) => { const d = JSON.parse(e.data); show(tiles[d.index], d.item); });
   es.addEventListener('result', (e) => { fill(JSON.parse(e.data).result.images); es.close(); });
   es.addEventListener('failed', (e) => { msg.textContent = JSON.parse(e.data).error; es.close(); });

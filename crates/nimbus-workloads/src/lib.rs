@@ -2,7 +2,6 @@
 //! `tasks` (seed 002's CloudKon tasks) and their `sessions`; and `jobs`, the job store.
 
 pub mod atoms;
-#[cfg(feature = "classify")]
 pub mod classify;
 pub mod jobs;
 pub mod sessions;

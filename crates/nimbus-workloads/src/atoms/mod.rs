@@ -215,6 +215,12 @@ mod tests {
         assert!(parse_atoms("0 0 0 1\n0 0 0 1\n", 1)
             .unwrap_err()
             .contains("limit"));
+        assert!(
+            parse_atoms("0 0 0 -3e38\n", 10)
+                .unwrap_err()
+                .contains("energy"),
+            "sums must stay finite"
+        );
         assert!(check_inside(&atoms, 2).unwrap_err().contains("atom 1"));
     }
 

@@ -375,8 +375,15 @@ impl SolveHandler {
             .await?
             .into_iter()
             .filter(|(sort, _)| sort.starts_with("slab/"))
-            .filter_map(|(_, item)| serde_json::from_slice(&item.value).ok())
-            .collect();
+            .map(|(sort, item)| {
+                serde_json::from_slice(&item.value).map_err(|e| {
+                    Error::internal(format!(
+                        "partial minimum {sort} is unreadable (not finite?)"
+                    ))
+                    .with_source(e)
+                })
+            })
+            .collect::<Result<_>>()?;
         if partials.len() < expected {
             return Ok(());
         }
@@ -426,13 +433,14 @@ impl SolveHandler {
             .await?;
         if changed {
             let result = job.result.clone().unwrap_or_default();
-            write_seed_object(&self.store, job_id, &seed_object(n, &atoms, Some(&result))).await?;
+            // Tell the watchers first: the job has ended, whatever happens to the blob write.
             self.store
                 .publish(&JobEvent::Result {
                     job_id: job_id.to_string(),
-                    result,
+                    result: result.clone(),
                 })
                 .await?;
+            write_seed_object(&self.store, job_id, &seed_object(n, &atoms, Some(&result))).await?;
             tracing::info!(job_id, minimum = best.value, point = ?best.point, "atoms job done");
         }
         Ok(())

@@ -212,6 +212,16 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_thin_image_is_classified_without_a_huge_resize() {
+        // 1 x 12000: resizing its short side to 256 first would make a 3-gigapixel image.
+        let mut png = Vec::new();
+        image::RgbImage::new(1, 12_000)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert_eq!(classifier().classify(&png, 5).unwrap().len(), 5);
+    }
+
+    #[test]
     fn bad_images_are_refused_with_the_reason() {
         let refuse = |bytes: &[u8]| match classifier().classify(bytes, 5) {
             Err(ClassifyError::Image(e)) => e,
