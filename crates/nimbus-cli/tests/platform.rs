@@ -73,20 +73,22 @@ fn output_dir(name: &str) -> PathBuf {
     dir
 }
 
-#[test]
-fn the_gui_runs_an_atoms_job_in_headless_chromium() {
+/// Runs `tests/browser/SCRIPT URL SHOTS ARGS...` against a fresh `nimbus up`; its output, after
+/// checking it succeeded.
+fn run_browser_script(script: &str, args: &[String]) -> (String, PathBuf) {
     let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser");
     assert!(
         browser_dir.join("node_modules/playwright-core").exists() && Path::new("/usr/bin/chromium").exists(),
-        "the browser test needs Debian's chromium and playwright-core: run ./scripts/test.sh, which installs them"
+        "the browser tests need Debian's chromium and playwright-core: run ./scripts/test.sh, which installs them"
     );
     let data = tempfile::tempdir().unwrap();
     let up = Up::start(data.path());
     let shots = output_dir("browser");
     let out = Command::new("node")
-        .arg(browser_dir.join("atoms.mjs"))
+        .arg(browser_dir.join(script))
         .arg(&up.url)
         .arg(&shots)
+        .args(args)
         .output()
         .unwrap();
     let report = format!(
@@ -94,7 +96,16 @@ fn the_gui_runs_an_atoms_job_in_headless_chromium() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "browser test failed: {report}");
+    assert!(
+        out.status.success(),
+        "browser test {script} failed: {report}"
+    );
+    (report, shots)
+}
+
+#[test]
+fn the_gui_runs_an_atoms_job_in_headless_chromium() {
+    let (report, shots) = run_browser_script("atoms.mjs", &[]);
     assert!(report.contains("ok:"), "{report}");
     assert!(
         shots.join("2-result.png").exists(),
@@ -105,29 +116,9 @@ fn the_gui_runs_an_atoms_job_in_headless_chromium() {
 
 #[test]
 fn the_image_page_labels_dropped_photos_in_headless_chromium() {
-    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser");
-    assert!(
-        browser_dir.join("node_modules/playwright-core").exists(),
-        "run ./scripts/test.sh, which installs playwright-core"
-    );
-    let data = tempfile::tempdir().unwrap();
-    let up = Up::start(data.path());
-    let shots = output_dir("browser");
     let photos = ["chelsea.png", "coffee.png", "camera.png"]
         .map(|p| format!("/usr/lib/python3/dist-packages/skimage/data/{p}"));
-    let out = Command::new("node")
-        .arg(browser_dir.join("classify.mjs"))
-        .arg(&up.url)
-        .arg(&shots)
-        .args(&photos)
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "browser test failed: {report}");
+    let (report, _) = run_browser_script("classify.mjs", &photos);
     for label in ["cat", "espresso", "tripod"] {
         assert!(report.contains(label), "{label} missing: {report}");
     }

@@ -23,6 +23,17 @@ fn open(db: &Path) -> SqliteEngine {
     SqliteEngine::open(db, SqliteOptions::default()).unwrap()
 }
 
+/// A new database in a temporary directory, with the shared queue created.
+async fn fresh() -> (tempfile::TempDir, SqliteEngine) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir.path().join("nimbus.db"));
+    engine
+        .create_queue(&queue(), &QueueOptions::default())
+        .await
+        .unwrap();
+    (dir, engine)
+}
+
 fn queue() -> QueueName {
     QueueName::new("shared").unwrap()
 }
@@ -98,13 +109,8 @@ async fn child_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_send_while_one_consumes_and_counts_add_up() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, engine) = fresh().await;
     let db = dir.path().join("nimbus.db");
-    let engine = open(&db);
-    engine
-        .create_queue(&queue(), &QueueOptions::default())
-        .await
-        .unwrap();
     let mut children: Vec<Child> = (0..SENDERS)
         .map(|_| spawn_child("sender", &db, Stdio::null()))
         .collect();
@@ -148,13 +154,8 @@ async fn two_processes_send_while_one_consumes_and_counts_add_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_in_another_process_wakes_on_send() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, engine) = fresh().await;
     let db = dir.path().join("nimbus.db");
-    let engine = open(&db);
-    engine
-        .create_queue(&queue(), &QueueOptions::default())
-        .await
-        .unwrap();
     let mut child = spawn_child("poller", &db, Stdio::null());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let sent = Instant::now();

@@ -9,59 +9,32 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use bytes::Buf;
 use http_body_util::BodyExt;
-use nimbus_core::{Engine, QueueName};
-use nimbus_web::{router, AppState, WebConfig};
-use nimbus_worker::{Handlers, Worker, WorkerConfig};
+use nimbus_core::Engine;
+use nimbus_web::WebConfig;
+use nimbus_worker::Handlers;
 use nimbus_workloads::atoms::{self, kernel};
 use nimbus_workloads::jobs::JobStore;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-struct Platform {
-    app: Router,
-    engine: Engine,
-    stop: CancellationToken,
-    _dir: tempfile::TempDir,
-}
+mod common;
 
-impl Drop for Platform {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
+use common::{Platform, WorkerSpec};
 
+/// The web tier, with the atoms generator and solvers when `with_workers`.
 async fn platform(config: WebConfig, with_workers: bool) -> Platform {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = nimbus_sqlite::SqliteEngine::open(dir.path().join("db"), Default::default())
-        .unwrap()
-        .into_engine(dir.path().join("blobs"))
-        .unwrap();
-    let stop = CancellationToken::new();
-    let state = AppState::new(engine.clone(), config);
-    state.start(stop.clone()).await.unwrap();
-    if with_workers {
+    let handlers = |engine: &Engine| {
         let store = JobStore::new(engine.clone());
-        let handlers = Handlers::default()
+        Handlers::default()
             .with(atoms::GENERATE, atoms::GenerateHandler::new(store.clone()))
-            .with(atoms::SOLVE, atoms::SolveHandler::new(store));
-        let config = WorkerConfig {
-            queues: vec![
-                QueueName::new(atoms::GENERATE).unwrap(),
-                QueueName::new(atoms::SOLVE).unwrap(),
-            ],
-            concurrency: 4,
-            poll_wait: Duration::from_millis(200),
-            ..WorkerConfig::default()
-        };
-        tokio::spawn(Worker::new(engine.clone(), handlers, config).run(stop.clone()));
-    }
-    Platform {
-        app: router(state),
-        engine,
-        stop,
-        _dir: dir,
-    }
+            .with(atoms::SOLVE, atoms::SolveHandler::new(store))
+    };
+    let spec = WorkerSpec {
+        handlers: &handlers,
+        queues: &[atoms::GENERATE, atoms::SOLVE],
+        concurrency: 4,
+    };
+    common::platform(config, with_workers.then_some(spec)).await
 }
 
 async fn call(

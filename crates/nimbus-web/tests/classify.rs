@@ -11,13 +11,11 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use nimbus_core::QueueName;
-use nimbus_web::{router, AppState, WebConfig};
-use nimbus_worker::{Handlers, Worker, WorkerConfig};
+use nimbus_web::WebConfig;
+use nimbus_worker::Handlers;
 use nimbus_workloads::classify::{self, model::Classifier, ClassifyHandler};
 use nimbus_workloads::jobs::JobStore;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 const PHOTOS: &str = "/usr/lib/python3/dist-packages/skimage/data";
@@ -27,49 +25,32 @@ fn photo(name: &str) -> Vec<u8> {
         .expect("python3-skimage sample photos (./scripts/test.sh installs them)")
 }
 
-struct Service {
-    app: Router,
-    stop: CancellationToken,
-    _dir: tempfile::TempDir,
-}
+mod common;
 
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
+use common::{Platform, WorkerSpec};
 
-async fn service(config: WebConfig) -> Service {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = nimbus_sqlite::SqliteEngine::open(dir.path().join("db"), Default::default())
-        .unwrap()
-        .into_engine(dir.path().join("blobs"))
-        .unwrap();
-    let stop = CancellationToken::new();
-    let state = AppState::new(engine.clone(), config);
-    state.start(stop.clone()).await.unwrap();
+/// The web tier and a classifying worker with the real model.
+async fn service(config: WebConfig) -> Platform {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
-    let model = Classifier::load(
-        &models.join("efficientnet-lite0.onnx"),
-        &models.join("imagenet1k-labels.json"),
-    )
-    .unwrap();
-    let handlers = Handlers::default().with(
-        classify::KIND,
-        ClassifyHandler::new(JobStore::new(engine.clone()), Arc::new(model)),
+    let model = Arc::new(
+        Classifier::load(
+            &models.join("efficientnet-lite0.onnx"),
+            &models.join("imagenet1k-labels.json"),
+        )
+        .unwrap(),
     );
-    let config = WorkerConfig {
-        queues: vec![QueueName::new(classify::REQUESTS).unwrap()],
-        concurrency: 2,
-        poll_wait: Duration::from_millis(200),
-        ..WorkerConfig::default()
+    let handlers = move |engine: &nimbus_core::Engine| {
+        Handlers::default().with(
+            classify::KIND,
+            ClassifyHandler::new(JobStore::new(engine.clone()), model.clone()),
+        )
     };
-    tokio::spawn(Worker::new(engine, handlers, config).run(stop.clone()));
-    Service {
-        app: router(state),
-        stop,
-        _dir: dir,
-    }
+    let spec = WorkerSpec {
+        handlers: &handlers,
+        queues: &[classify::REQUESTS],
+        concurrency: 2,
+    };
+    common::platform(config, Some(spec)).await
 }
 
 async fn post(
