@@ -23,10 +23,12 @@ pub struct Cli {
 /// Where the engine lives.
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
-    /// Engine URL: sqlite://PATH[?sync=full].
+    /// Engine URL: sqlite://PATH[?sync=full], or aws://?region=R&endpoint=URL&prefix=P (SQS,
+    /// SNS, DynamoDB, S3; credentials from the standard AWS chain).
     #[arg(long, global = true, env = "NIMBUS_ENGINE", default_value = DEFAULT_ENGINE)]
     pub engine: String,
-    /// Blob store URL: file://DIR (default: blobs/ beside the database).
+    /// Blob store URL: file://DIR (default: blobs/ beside the database), or s3://BUCKET[/PREFIX]
+    /// with the aws engine.
     #[arg(long, global = true, env = "NIMBUS_BLOBS")]
     pub blobs: Option<String>,
 }
@@ -55,6 +57,32 @@ pub enum Command {
     /// Benchmarks; figures go to docs/benchmarks.md.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Provision, inspect and remove a deployment on AWS (--engine aws://.. --blobs s3://..).
+    #[cfg(feature = "aws")]
+    #[command(subcommand)]
+    Aws(AwsCmd),
+}
+
+/// `nimbus aws ...`: the deployment named by the engine URL's prefix.
+#[cfg(feature = "aws")]
+#[derive(Debug, Subcommand)]
+pub enum AwsCmd {
+    /// Create the ledger table, the blob bucket, the events topic and the platform's queues with
+    /// their dead-letter queues, unless they exist; print what was made.
+    Up {
+        /// A message received this many times without success moves to the queue's `-dead` queue.
+        #[arg(long, default_value_t = 5)]
+        max_receives: u32,
+    },
+    /// Remove the deployment's queues, topics and table; with --delete-blobs also its blobs and,
+    /// once empty, the bucket.
+    Down {
+        /// Also delete every blob under the --blobs location (results, uploads).
+        #[arg(long)]
+        delete_blobs: bool,
+    },
+    /// Show the deployment's queues with their depths and the ledger's item count.
+    Status,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -351,6 +379,10 @@ pub enum BenchCmd {
         /// Skip the raw SQLite baseline.
         #[arg(long)]
         no_baseline: bool,
+        /// Also measure the AWS engine against a moto server started for the run (needs
+        /// `moto_server` on PATH and the `aws` feature); this many messages per scenario.
+        #[arg(long, value_name = "MESSAGES")]
+        moto: Option<usize>,
     },
     /// The atom kernel's evaluations per second, 1 thread and all threads, beside a C reference
     /// program built here with gcc and run on the same n and m.

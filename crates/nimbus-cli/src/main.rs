@@ -42,6 +42,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(a) => cmd::worker::run(&cli.engine, a).await,
         Command::Tasks(c) => cmd::tasks::run(&cli.engine, c).await,
         Command::Bench(c) => cmd::bench::run(&cli.engine, c).await,
+        #[cfg(feature = "aws")]
+        Command::Aws(c) => cmd::aws::run(&cli.engine, c).await,
     }
 }
 

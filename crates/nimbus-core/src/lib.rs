@@ -1,6 +1,7 @@
 //! nimbus's core: the engine traits (queue, topic, ledger, blobs) with SQS, SNS, DynamoDB and S3
 //! semantics, their limits, and the engine-neutral error. No IO framework and no cloud SDK here.
 
+pub mod compute;
 pub mod error;
 pub mod job;
 pub mod ledger;
@@ -11,6 +12,7 @@ pub mod topic;
 
 use std::sync::Arc;
 
+pub use compute::{ComputeProvider, Instance, InstanceState, LaunchSpec};
 pub use error::{Error, ErrorKind, Result};
 pub use job::{Job, JobEvent, JobState, Progress};
 pub use ledger::{Condition, Item, ItemKey, Ledger};

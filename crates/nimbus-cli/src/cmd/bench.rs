@@ -20,20 +20,22 @@ pub async fn run(_engine: &EngineArgs, cmd: BenchCmd) -> anyhow::Result<()> {
             payload,
             runs,
             no_baseline,
+            moto,
         } => {
             anyhow::ensure!(
-                messages > 0 && runs > 0,
-                "--messages and --runs must be at least 1"
+                messages > 0 && runs > 0 && moto != Some(0),
+                "--messages, --runs and --moto must be at least 1"
             );
-            engine(
-                EngineBench {
-                    messages,
-                    payload,
-                    runs,
-                },
-                !no_baseline,
-            )
-            .await
+            let bench = EngineBench {
+                messages,
+                payload,
+                runs,
+            };
+            engine(bench.clone(), !no_baseline).await?;
+            match moto {
+                Some(messages) => moto_engine(EngineBench { messages, ..bench }).await,
+                None => Ok(()),
+            }
         }
         BenchCmd::Atoms {
             n,
@@ -315,6 +317,42 @@ async fn engine(bench: EngineBench, baseline: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The AWS engine's queue against a moto server on this machine, for the scenarios one task runs
+/// (moto does not make concurrent receives atomic). The figures are moto's, not AWS's.
+#[cfg(feature = "aws")]
+async fn moto_engine(bench: EngineBench) -> anyhow::Result<()> {
+    let moto = nimbus_aws::moto::MotoServer::start()?;
+    let aws = nimbus_aws::AwsEngine::connect(moto.config("bench-")).await?;
+    let engine = aws.engine(&nimbus_aws::S3Location::parse("s3://bench")?)?;
+    println!(
+        "\nAWS engine (SQS API) against moto on 127.0.0.1 ({}; moto's speed, not AWS's), {} messages of {} bytes, median of {} runs",
+        moto.endpoint(),
+        bench.messages,
+        bench.payload,
+        bench.runs
+    );
+    println!("\n| scenario | messages/s |\n| --- | ---: |");
+    let one_task = SCENARIOS.into_iter().filter(|s| {
+        !matches!(
+            s,
+            nimbus_bench::engine::Scenario::RoundTripConcurrent { .. }
+        )
+    });
+    for scenario in one_task {
+        let mut rates = Vec::new();
+        for _ in 0..bench.runs {
+            rates.push(bench.run(&engine.queue, scenario).await?);
+        }
+        println!("| {scenario} | {:.0} |", median(&mut rates));
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "aws"))]
+async fn moto_engine(_: EngineBench) -> anyhow::Result<()> {
+    anyhow::bail!("--moto needs the AWS engine, which this nimbus was built without; build with `--features aws`")
 }
 
 async fn efficiency(slots: &[usize], scale: f64) -> anyhow::Result<()> {

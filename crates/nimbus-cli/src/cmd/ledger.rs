@@ -16,7 +16,7 @@ fn item_json(sort: &str, item: &Item) -> serde_json::Value {
 }
 
 pub async fn run(engine: &EngineArgs, cmd: LedgerCmd) -> anyhow::Result<()> {
-    let ledger = engine_url::open(engine)?.ledger;
+    let ledger = engine_url::open(engine).await?.ledger;
     match cmd {
         LedgerCmd::Get { partition, sort } => {
             let key = ItemKey::new(partition, sort)?;

@@ -1,5 +1,7 @@
 //! One module per subcommand group.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod bench;
 pub mod ledger;
 pub mod queue;

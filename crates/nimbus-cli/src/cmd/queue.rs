@@ -10,7 +10,7 @@ use crate::args::{EngineArgs, QueueCmd};
 use crate::engine_url;
 
 pub async fn run(engine: &EngineArgs, cmd: QueueCmd) -> anyhow::Result<()> {
-    let queue = engine_url::open(engine)?.queue;
+    let queue = engine_url::open(engine).await?.queue;
     match cmd {
         QueueCmd::Create {
             name,

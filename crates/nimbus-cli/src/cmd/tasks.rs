@@ -30,7 +30,7 @@ pub async fn run(engine: &EngineArgs, cmd: TasksCmd) -> anyhow::Result<()> {
             queue,
             reply_to,
         } => {
-            let engine = engine_url::open(engine)?;
+            let engine = engine_url::open(engine).await?;
             let tasks = read_workload(&file)?;
             let bar = indicatif::ProgressBar::new(tasks.len() as u64).with_style(
                 indicatif::ProgressStyle::with_template(
@@ -113,7 +113,7 @@ async fn check(
     only: Option<&str>,
     wait: Duration,
 ) -> anyhow::Result<()> {
-    let engine = engine_url::open(engine)?;
+    let engine = engine_url::open(engine).await?;
     let queue = QueueName::new(queue)?;
     engine
         .queue

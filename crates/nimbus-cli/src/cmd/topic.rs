@@ -6,7 +6,7 @@ use crate::args::{EngineArgs, TopicCmd};
 use crate::engine_url;
 
 pub async fn run(engine: &EngineArgs, cmd: TopicCmd) -> anyhow::Result<()> {
-    let topic = engine_url::open(engine)?.topic;
+    let topic = engine_url::open(engine).await?.topic;
     match cmd {
         TopicCmd::Create { name } => {
             let name = TopicName::new(name)?;

@@ -54,7 +54,7 @@ fn announce(listener: &tokio::net::TcpListener, what: &str) -> anyhow::Result<()
 }
 
 pub async fn web(engine: &EngineArgs, args: WebArgs) -> anyhow::Result<()> {
-    let engine = engine_url::open(engine)?;
+    let engine = engine_url::open(engine).await?;
     let shutdown = crate::shutdown_on_signals();
     let (state, listener, pump) = start_web(&engine, &args, &shutdown).await?;
     announce(&listener, " web tier")?;
@@ -64,7 +64,7 @@ pub async fn web(engine: &EngineArgs, args: WebArgs) -> anyhow::Result<()> {
 }
 
 pub async fn up(engine: &EngineArgs, args: UpArgs) -> anyhow::Result<()> {
-    let engine = engine_url::open(engine)?;
+    let engine = engine_url::open(engine).await?;
     let shutdown = crate::shutdown_on_signals();
     let (state, listener, pump) = start_web(&engine, &args.web, &shutdown).await?;
     nimbus_workloads::sessions::ensure_queue(&engine, &QueueName::new(TASKS_QUEUE)?).await?;

@@ -11,7 +11,7 @@ use crate::args::{EngineArgs, ModelArgs, WorkerArgs};
 use crate::engine_url;
 
 pub async fn run(engine: &EngineArgs, args: WorkerArgs) -> anyhow::Result<()> {
-    let engine = engine_url::open(engine)?;
+    let engine = engine_url::open(engine).await?;
     let policy = match &args.allow_exec {
         Some(pattern) => ExecPolicy::allow(pattern).map_err(anyhow::Error::msg)?,
         None => ExecPolicy::default(),

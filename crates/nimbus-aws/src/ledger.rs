@@ -1,0 +1,249 @@
+//! `Ledger` on DynamoDB: one table per deployment keyed by (pk, sk); the value in `v`, the
+//! counter in `c`, the version in `ver`. Every write is one conditional `UpdateItem` or
+//! `DeleteItem`, atomic on the item as DynamoDB guarantees; reads are strongly consistent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use nimbus_core::ledger::check_value;
+use nimbus_core::{Condition, Error, ErrorKind, Item, ItemKey, Ledger, Result};
+
+use crate::error::{malformed, sdk_error};
+use crate::Clients;
+
+/// Puts of one batch kept in flight at once.
+const PARALLEL_PUTS: usize = 16;
+
+type Attrs = HashMap<String, AttributeValue>;
+
+/// The ledger of one deployment, in its DynamoDB table.
+#[derive(Debug)]
+pub struct DynamoLedger {
+    clients: Arc<Clients>,
+    table: String,
+}
+
+impl DynamoLedger {
+    /// The ledger in the table of the deployment whose clients these are.
+    pub fn new(clients: Arc<Clients>) -> Self {
+        let table = clients.table();
+        Self { clients, table }
+    }
+
+    fn key(key: &ItemKey) -> Attrs {
+        HashMap::from([
+            ("pk".to_string(), AttributeValue::S(key.partition.clone())),
+            ("sk".to_string(), AttributeValue::S(key.sort.clone())),
+        ])
+    }
+
+    fn error<E>(
+        &self,
+        action: &str,
+        key: &ItemKey,
+        err: aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+    ) -> Error
+    where
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata
+            + std::error::Error
+            + Send
+            + Sync
+            + 'static,
+    {
+        let err = sdk_error(format!("{action} ledger item `{key}`"), err);
+        if err.kind() == ErrorKind::NotFound {
+            return Error::not_found(format!(
+                "ledger table `{}` does not exist; run `nimbus aws up` first",
+                self.table
+            ))
+            .with_source(err);
+        }
+        err
+    }
+}
+
+fn number(attrs: &Attrs, name: &str) -> Option<i64> {
+    match attrs.get(name) {
+        Some(AttributeValue::N(n)) => n.parse().ok(),
+        _ => None,
+    }
+}
+
+fn version(attrs: &Attrs) -> Result<u64> {
+    number(attrs, "ver")
+        .and_then(|v| u64::try_from(v).ok())
+        .ok_or_else(|| malformed("ledger write", "version"))
+}
+
+fn item(attrs: &Attrs) -> Result<Item> {
+    Ok(Item {
+        value: match attrs.get("v") {
+            Some(AttributeValue::B(blob)) => Bytes::copy_from_slice(blob.as_ref()),
+            _ => Bytes::new(),
+        },
+        counter: number(attrs, "c").unwrap_or(0),
+        version: version(attrs)?,
+    })
+}
+
+/// Whether an SDK error is DynamoDB's "the condition did not hold".
+fn condition_failed(err: &Error) -> bool {
+    err.kind() == ErrorKind::Conflict && err.to_string().contains("ConditionalCheckFailed")
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+#[async_trait]
+impl Ledger for DynamoLedger {
+    async fn put(&self, key: &ItemKey, value: Bytes, condition: Condition) -> Result<Option<u64>> {
+        check_value(&value)?;
+        let mut update = "SET ver = if_not_exists(ver, :zero) + :one".to_string();
+        let mut values = HashMap::from([(":zero".to_string(), n(0)), (":one".to_string(), n(1))]);
+        if value.is_empty() {
+            update.push_str(" REMOVE v");
+        } else {
+            update.push_str(", v = :v");
+            values.insert(
+                ":v".to_string(),
+                AttributeValue::B(Blob::new(value.to_vec())),
+            );
+        }
+        let condition = match condition {
+            Condition::Always => None,
+            Condition::Absent => Some("attribute_not_exists(pk)"),
+            Condition::Version(expected) => {
+                values.insert(":expected".to_string(), n(expected));
+                Some("ver = :expected")
+            }
+        };
+        let result = self
+            .clients
+            .dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(key)))
+            .update_expression(update)
+            .set_condition_expression(condition.map(str::to_string))
+            .set_expression_attribute_values(Some(values))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| self.error("put", key, e));
+        match result {
+            Ok(out) => Ok(Some(version(&out.attributes.unwrap_or_default())?)),
+            Err(e) if condition_failed(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_batch(&self, items: Vec<(ItemKey, Bytes, Condition)>) -> Result<Vec<Option<u64>>> {
+        futures::stream::iter(items)
+            .map(|(key, value, condition)| async move { self.put(&key, value, condition).await })
+            .buffered(PARALLEL_PUTS)
+            .try_collect()
+            .await
+    }
+
+    async fn get(&self, key: &ItemKey) -> Result<Option<Item>> {
+        let out = self
+            .clients
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.error("get", key, e))?;
+        out.item.as_ref().map(item).transpose()
+    }
+
+    async fn delete(&self, key: &ItemKey, condition: Condition) -> Result<bool> {
+        let (expression, values) = match condition {
+            // Nothing to delete where the condition is that there is nothing.
+            Condition::Absent => return Ok(false),
+            Condition::Always => ("attribute_exists(pk)", None),
+            Condition::Version(expected) => (
+                "ver = :expected",
+                Some(HashMap::from([(":expected".to_string(), n(expected))])),
+            ),
+        };
+        let result = self
+            .clients
+            .dynamodb
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(key)))
+            .condition_expression(expression)
+            .set_expression_attribute_values(values)
+            .send()
+            .await
+            .map_err(|e| self.error("delete", key, e));
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if condition_failed(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn add(&self, key: &ItemKey, delta: i64) -> Result<i64> {
+        let out = self
+            .clients
+            .dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(key)))
+            .update_expression("SET ver = if_not_exists(ver, :zero) + :one ADD c :delta")
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":delta", n(delta))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| self.error("add to", key, e))?;
+        match number(&out.attributes.unwrap_or_default(), "c") {
+            Some(counter) => Ok(counter),
+            // Adding 0 changes nothing, and some DynamoDB implementations then return nothing.
+            None if delta == 0 => Ok(self.get(key).await?.map_or(0, |item| item.counter)),
+            None => Err(malformed(format!("add to ledger item `{key}`"), "counter")),
+        }
+    }
+
+    async fn list(&self, partition: &str) -> Result<Vec<(String, Item)>> {
+        nimbus_core::ledger::check_key("partition", partition)?;
+        let pages: Vec<Vec<Attrs>> = self
+            .clients
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", AttributeValue::S(partition.to_string()))
+            .consistent_read(true)
+            .into_paginator()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| sdk_error(format!("list ledger partition `{partition}`"), e))?
+            .into_iter()
+            .map(|page| page.items.unwrap_or_default())
+            .collect();
+        pages
+            .iter()
+            .flatten()
+            .map(|attrs| {
+                let sort = match attrs.get("sk") {
+                    Some(AttributeValue::S(s)) => s.clone(),
+                    _ => return Err(malformed("list ledger", "sort key")),
+                };
+                Ok((sort, item(attrs)?))
+            })
+            .collect()
+    }
+}
