@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of nimbus on a fresh machine: installs what the tests need (Debian's chromium
-# and curl for the GUI and platform tests, playwright-core from npm to drive chromium, and
-# python3-skimage for its sample photos), then the whole suite with every cargo feature.
+# and curl for the GUI and platform tests, playwright-core from npm to drive chromium,
+# python3-skimage for its sample photos, and moto's AWS API server from PyPI for the AWS engine),
+# then the whole suite with every cargo feature.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian packages)"
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
   else sudo apt-get update -qq && sudo apt-get install -y -qq "${missing[@]}" >/dev/null; fi
+fi
+if ! command -v moto_server >/dev/null; then
+  echo "installing moto[server] (PyPI) for the AWS engine's tests"
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5.2,<5.3'
 fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm install --no-audit --no-fund --silent)

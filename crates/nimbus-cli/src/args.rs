@@ -463,3 +463,75 @@ pub enum BenchCmd {
         celery: bool,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of `KEY=` in a deployment file's environment lines.
+    fn setting<'a>(file: &'a str, key: &str) -> &'a str {
+        file.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= line"))
+    }
+
+    fn parses(role: &str, args: &str) {
+        let argv = ["nimbus", role].into_iter().chain(args.split_whitespace());
+        if let Err(e) = Cli::try_parse_from(argv) {
+            panic!("`nimbus {role} {args}` does not parse: {e}");
+        }
+    }
+
+    #[test]
+    fn the_deployment_files_start_commands_that_exist() {
+        let user_data = include_str!("../../../deploy/aws/user-data.yaml");
+        assert!(user_data.starts_with("#cloud-config\n"));
+        assert!(user_data.contains("nimbus-worker.service"));
+        parses("worker", setting(user_data, "NIMBUS_WORKER_ARGS"));
+        assert!(setting(user_data, "NIMBUS_ENGINE").starts_with("aws://?"));
+        assert!(setting(user_data, "NIMBUS_BLOBS").starts_with("s3://"));
+        let guide = include_str!("../../../docs/aws.md");
+        parses("web", setting(guide, "NIMBUS_WEB_ARGS"));
+        for unit in [
+            include_str!("../../../deploy/aws/systemd/nimbus-worker.service"),
+            include_str!("../../../deploy/aws/systemd/nimbus-web.service"),
+        ] {
+            assert!(unit.contains("ExecStart=/usr/local/bin/nimbus "));
+            assert!(unit.contains("Restart=on-failure"));
+            assert!(unit.contains("EnvironmentFile=/etc/nimbus/nimbus.env"));
+        }
+    }
+
+    #[test]
+    fn the_iam_policies_are_valid_json_with_statements() {
+        for (role, policy) in [
+            ("web", include_str!("../../../deploy/aws/iam/web.json")),
+            (
+                "worker",
+                include_str!("../../../deploy/aws/iam/worker.json"),
+            ),
+            (
+                "autoscaler",
+                include_str!("../../../deploy/aws/iam/autoscaler.json"),
+            ),
+            ("admin", include_str!("../../../deploy/aws/iam/admin.json")),
+        ] {
+            let doc: serde_json::Value = serde_json::from_str(policy)
+                .unwrap_or_else(|e| panic!("{role}.json is not JSON: {e}"));
+            assert_eq!(doc["Version"], "2012-10-17", "{role}");
+            let statements = doc["Statement"].as_array().unwrap();
+            assert!(!statements.is_empty(), "{role}");
+            for s in statements {
+                assert_eq!(s["Effect"], "Allow", "{role}: {s}");
+                assert!(
+                    s["Action"].is_string() || s["Action"].is_array(),
+                    "{role}: {s}"
+                );
+                assert!(
+                    s["Resource"].is_string() || s["Resource"].is_array(),
+                    "{role}: {s}"
+                );
+            }
+        }
+    }
+}

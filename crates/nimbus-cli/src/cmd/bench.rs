@@ -347,7 +347,41 @@ async fn moto_engine(bench: EngineBench) -> anyhow::Result<()> {
         }
         println!("| {scenario} | {:.0} |", median(&mut rates));
     }
+    boto3_peer(&moto.endpoint(), bench.messages).await;
     Ok(())
+}
+
+/// The same server driven by boto3 (`bench/moto_boto3_peer.py`): how fast moto itself goes.
+#[cfg(feature = "aws")]
+async fn boto3_peer(endpoint: &str, messages: usize) {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/moto_boto3_peer.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(endpoint)
+        .arg(messages.to_string())
+        .output()
+        .await;
+    match out {
+        Ok(out) if out.status.success() => {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let Some((scenario, rate)) = line.rsplit_once(' ') else {
+                    continue;
+                };
+                let scenario = match scenario {
+                    "send_batch_10" => "send, batch 10",
+                    "receive_delete_batch_10" => "receive+delete, batch 10",
+                    other => other,
+                };
+                println!("| peer: boto3 on the same server, {scenario} | {rate} |");
+            }
+        }
+        Ok(out) => println!(
+            "| peer: boto3 | not run: {} |",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+        Err(e) => println!("| peer: boto3 | not run: {e} |"),
+    }
 }
 
 #[cfg(not(feature = "aws"))]
