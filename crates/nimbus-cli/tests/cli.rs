@@ -122,7 +122,7 @@ fn bad_input_gets_a_one_line_error_naming_it() {
     assert!(!out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
-        "error: engine url `mysql://x`: unknown engine `mysql`; known: sqlite"
+        "error: engine url `mysql://x`: unknown engine `mysql`; known: sqlite, aws"
     );
     fails_with(
         d,
