@@ -63,6 +63,26 @@ pub fn build_reference(source: &Path, dir: &Path) -> Result<std::path::PathBuf, 
     Ok(exe)
 }
 
+/// Builds the CUDA reference with `nvcc -O3 -arch=sm_90 -use_fast_math` into `dir`.
+pub fn build_gpu_reference(source: &Path, dir: &Path) -> Result<std::path::PathBuf, String> {
+    let exe = dir.join("dcs_gpu_reference");
+    let out = Command::new("nvcc")
+        .args(["-O3", "-arch=sm_90", "-use_fast_math"])
+        .arg(source)
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .map_err(|e| format!("cannot run nvcc (the CUDA toolkit): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nvcc failed on {}: {}",
+            source.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(exe)
+}
+
 /// Runs the reference with `threads` OpenMP threads; its `evals/s=` figure.
 pub fn reference_rate(exe: &Path, n: u32, m: u32, threads: usize) -> Result<f64, String> {
     let out = Command::new(exe)

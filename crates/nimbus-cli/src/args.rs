@@ -399,6 +399,15 @@ pub enum BenchCmd {
         /// Repetitions (the best is reported, for both).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Also run nimbus's GPU kernel (needs the `cuda` feature and an NVIDIA GPU).
+        #[arg(long)]
+        gpu: bool,
+        /// The GPU reference's CUDA source (e.g. dcs_gpu.cu), built with nvcc and run beside it.
+        #[arg(long, requires = "gpu")]
+        gpu_reference: Option<PathBuf>,
+        /// Skip the CPU kernels (with --gpu, on large n and m).
+        #[arg(long)]
+        no_cpu: bool,
     },
     /// Per-image inference time of the image model in tract (one thread), beside onnxruntime on
     /// the same ONNX file (`bench/onnxruntime_peer.py`).

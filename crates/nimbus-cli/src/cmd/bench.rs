@@ -42,12 +42,21 @@ pub async fn run(_engine: &EngineArgs, cmd: BenchCmd) -> anyhow::Result<()> {
             m,
             reference,
             runs,
+            gpu,
+            gpu_reference,
+            no_cpu,
         } => {
             anyhow::ensure!(
                 (1..=4096).contains(&n) && m > 0 && runs > 0,
                 "--n must be 1 to 4096 (the reference's row limit), --m and --runs at least 1"
             );
-            atoms(n, m, reference.as_deref(), runs).await
+            if !no_cpu {
+                atoms(n, m, reference.as_deref(), runs).await?;
+            }
+            if gpu {
+                gpu_atoms(n, m, gpu_reference.as_deref(), runs)?;
+            }
+            Ok(())
         }
         BenchCmd::Model { model, image, runs } => model_bench(&model, &image, runs).await,
         BenchCmd::Classify {
@@ -137,6 +146,58 @@ async fn atoms(
         }
     }
     Ok(())
+}
+
+/// nimbus's GPU kernel over the whole grid (all GPUs), beside the CUDA reference built with nvcc.
+fn gpu_atoms(
+    n: u32,
+    m: u32,
+    reference: Option<&std::path::Path>,
+    runs: usize,
+) -> anyhow::Result<()> {
+    use nimbus_bench::atoms::{build_gpu_reference, reference_rate};
+    let dir = tempfile::tempdir()?;
+    let reference = match reference {
+        Some(source) => {
+            let exe = build_gpu_reference(source, dir.path()).map_err(anyhow::Error::msg)?;
+            let mut top = 0f64;
+            for _ in 0..runs {
+                top = top.max(reference_rate(&exe, n, m, 1).map_err(anyhow::Error::msg)?);
+            }
+            Some(top)
+        }
+        None => None,
+    };
+    let (name, rate) = gpu_rate(n, m, runs)?;
+    println!("\n| GPU kernel | evaluations/s | vs reference |\n| --- | ---: | ---: |");
+    let ratio = reference.map_or_else(|| "–".to_string(), |r| format!("{:.2}x", rate / r));
+    println!("| nimbus ({name}) | {rate:.3e} | {ratio} |");
+    if let Some(r) = reference {
+        println!("| reference (nvcc -O3 -arch=sm_90 -use_fast_math) | {r:.3e} | 1.00x |");
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_rate(n: u32, m: u32, runs: usize) -> anyhow::Result<(String, f64)> {
+    use nimbus_workloads::atoms::gpu::Gpus;
+    let gpus = Gpus::detect().map_err(|why| anyhow::anyhow!("no GPU kernel: {why}"))?;
+    let atoms = nimbus_workloads::atoms::generate(m, n, 1);
+    // The first run pays for module loading and allocation; it is not counted.
+    gpus.slab_minimum(&atoms, n, 0, n, |_| {})?;
+    let mut top = 0f64;
+    for _ in 0..runs {
+        let started = std::time::Instant::now();
+        gpus.slab_minimum(&atoms, n, 0, n, |_| {})?;
+        let evals = f64::from(n).powi(3) * f64::from(m);
+        top = top.max(evals / started.elapsed().as_secs_f64());
+    }
+    Ok((gpus.name(), top))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_rate(_: u32, _: u32, _: usize) -> anyhow::Result<(String, f64)> {
+    anyhow::bail!("--gpu needs the GPU kernel, which this nimbus was built without; build with `--features cuda`")
 }
 
 async fn classify(

@@ -5,6 +5,8 @@
 //! in the ledger; whichever solver finds every slab recorded reduces, renders the picture and
 //! publishes the result.
 
+#[cfg(feature = "cuda")]
+pub mod gpu;
 mod heatmap;
 pub mod kernel;
 mod pipeline;
@@ -175,6 +177,63 @@ pub fn slabs(n: u32) -> Vec<(u32, u32)> {
         .step_by(per as usize)
         .map(|z0| (z0, (z0 + per).min(n)))
         .collect()
+}
+
+/// The GPUs this process runs slabs on, found once; `None` (and a log line saying why) without.
+#[cfg(feature = "cuda")]
+fn gpus() -> Option<&'static gpu::Gpus> {
+    static GPUS: std::sync::OnceLock<Option<gpu::Gpus>> = std::sync::OnceLock::new();
+    GPUS.get_or_init(|| match gpu::Gpus::detect() {
+        Ok(gpus) => {
+            tracing::info!(backend = %gpus.name(), "the atom kernel runs on the GPU");
+            Some(gpus)
+        }
+        Err(why) => {
+            tracing::info!(reason = %why, "the atom kernel runs on the CPU");
+            None
+        }
+    })
+    .as_ref()
+}
+
+/// The kernel this process runs slabs on, as jobs record it (`cuda: 1 x <GPU>`, `cpu-avx512`, ..).
+pub fn backend_name() -> String {
+    #[cfg(feature = "cuda")]
+    if let Some(gpus) = gpus() {
+        return gpus.name();
+    }
+    kernel::KernelPath::best().name().to_string()
+}
+
+/// The minimum over planes `z0..z1` on this process's backend (the GPU where there is one and
+/// the `cuda` feature is on, else the CPU), calling `on_points` with the points finished.
+pub fn solve_slab(
+    atoms: &Atoms,
+    n: u32,
+    z0: u32,
+    z1: u32,
+    on_points: impl FnMut(u64) + Send,
+) -> Option<Minimum> {
+    #[cfg(feature = "cuda")]
+    if let Some(gpus) = gpus() {
+        let on_points = std::sync::Mutex::new(on_points);
+        let report = |points| {
+            if let Ok(mut f) = on_points.lock() {
+                f(points);
+            }
+        };
+        match gpus.slab_minimum(atoms, n, z0, z1, report) {
+            Ok(m) => return m,
+            Err(e) => {
+                tracing::warn!(error = %e, "the GPU failed on a slab; the CPU computes it");
+                let on_points = on_points
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                return kernel::slab_minimum(atoms, n, z0, z1, on_points);
+            }
+        }
+    }
+    kernel::slab_minimum(atoms, n, z0, z1, on_points)
 }
 
 #[cfg(test)]

@@ -319,7 +319,7 @@ impl SolveHandler {
         let (z0, z1) = (msg.z0, msg.z1);
         let minimum = tokio::task::spawn_blocking(move || {
             let mut stopped = false;
-            let m = kernel::slab_minimum(&atoms, n, z0, z1, |points| {
+            let m = super::solve_slab(&atoms, n, z0, z1, |points| {
                 if stopped || cancel.is_cancelled() {
                     stopped = true;
                     return;
@@ -424,7 +424,7 @@ impl SolveHandler {
                     "point": best.point,
                     "grid_size": n,
                     "atom_count": atoms.len(),
-                    "backend": kernel::KernelPath::best().name(),
+                    "backend": super::backend_name(),
                     "elapsed_ms": now_ms() - j.created_ms,
                     "picture": format!("/api/v1/jobs/{job_id}/plane.png"),
                 }));
