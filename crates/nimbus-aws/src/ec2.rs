@@ -14,8 +14,7 @@ use nimbus_core::{ComputeProvider, Error, Instance, InstanceState, LaunchSpec, R
 use crate::error::sdk_error;
 use crate::AwsEngine;
 
-/// The tag that marks an instance as one deployment's.
-pub const DEPLOYMENT_TAG: &str = "nimbus:deployment";
+pub use crate::DEPLOYMENT_TAG;
 
 /// EC2 instances of one deployment.
 #[derive(Debug, Clone)]

@@ -32,14 +32,34 @@ const NOT_FOUND: &[&str] = &[
     "NoSuchBucket",
     "NoSuchKey",
     "InvalidInstanceID.NotFound",
+    "AWS.SimpleQueueService.MessageNotInflight",
+    "MessageNotInflight",
+];
+
+/// Service error codes that say the caller's credentials or IAM policy do not allow the call:
+/// nothing the caller's input or a retry can fix, and never a sign that the target is gone.
+const DENIED: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "AuthorizationError",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "UnauthorizedOperation",
+];
+
+/// Service error codes for a name SQS refuses for a while after its queue was deleted.
+const COOLING_DOWN: &[&str] = &[
+    "AWS.SimpleQueueService.QueueDeletedRecently",
+    "QueueDeletedRecently",
 ];
 
 /// Service error codes that mean the thing exists with other settings, or a condition failed.
 const CONFLICT: &[&str] = &[
     "QueueAlreadyExists",
     "QueueNameExists",
-    "AWS.SimpleQueueService.QueueDeletedRecently",
-    "QueueDeletedRecently",
     "ResourceInUseException",
     "ConditionalCheckFailedException",
     "TransactionConflictException",
@@ -68,18 +88,16 @@ const INVALID: &[&str] = &[
     "InvalidAMIID.Malformed",
     "InvalidAMIID.NotFound",
     "UnsupportedOperation",
-    "AccessDenied",
-    "AccessDeniedException",
-    "AuthorizationError",
-    "InvalidClientTokenId",
-    "UnrecognizedClientException",
-    "SignatureDoesNotMatch",
 ];
 
 /// The engine-neutral kind of a service error code, if the code is one we know.
 pub fn kind_of_code(code: &str) -> Option<ErrorKind> {
     let is = |list: &[&str]| list.contains(&code);
-    if is(THROTTLED) {
+    if is(DENIED) {
+        Some(ErrorKind::Internal)
+    } else if is(COOLING_DOWN) {
+        Some(ErrorKind::Unavailable)
+    } else if is(THROTTLED) {
         Some(ErrorKind::Throttled)
     } else if is(NOT_FOUND) {
         Some(ErrorKind::NotFound)
@@ -121,7 +139,12 @@ where
                     ErrorKind::Internal
                 }
             });
-            (kind, format!("{code}: {message}"))
+            let hint = if DENIED.contains(&code) {
+                " (check the credentials and the role's IAM policy: deploy/aws/iam/)"
+            } else {
+                ""
+            };
+            (kind, format!("{code}: {message}{hint}"))
         }
         other => (
             ErrorKind::Internal,
@@ -157,6 +180,19 @@ mod tests {
         assert_eq!(
             kind_of_code("ReceiptHandleIsInvalid"),
             Some(ErrorKind::InvalidInput)
+        );
+        assert_eq!(
+            kind_of_code("AccessDenied"),
+            Some(ErrorKind::Internal),
+            "never NotFound"
+        );
+        assert_eq!(
+            kind_of_code("AWS.SimpleQueueService.QueueDeletedRecently"),
+            Some(ErrorKind::Unavailable)
+        );
+        assert_eq!(
+            kind_of_code("AWS.SimpleQueueService.MessageNotInflight"),
+            Some(ErrorKind::NotFound)
         );
         assert_eq!(kind_of_code("SomethingNew"), None);
     }

@@ -26,6 +26,8 @@ pub use error::sdk_error;
 
 /// The longest deployment prefix: it leaves SQS 40 of its 80 characters for queue names.
 pub const MAX_PREFIX: usize = 40;
+/// The tag that marks a queue (and an EC2 instance) as one deployment's; its value is the prefix.
+pub const DEPLOYMENT_TAG: &str = "nimbus:deployment";
 
 /// Where the engine's services are and which resources are this deployment's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +57,11 @@ impl Default for AwsConfig {
 impl AwsConfig {
     /// Checks the prefix: up to [`MAX_PREFIX`] of `[A-Za-z0-9_-]` (legal in every service's names).
     pub fn validate(&self) -> Result<()> {
+        if self.prefix.is_empty() {
+            return Err(Error::invalid(
+                "the deployment prefix is empty; every name in the account would be the deployment's",
+            ));
+        }
         if self.prefix.len() > MAX_PREFIX {
             return Err(Error::invalid(format!(
                 "prefix `{}` is {} characters; the limit is {MAX_PREFIX}",
@@ -176,6 +183,13 @@ impl AwsEngine {
         blobs::open(&self.clients, location)
     }
 
+    /// The queues tagged as this deployment's.
+    pub async fn deployment_queues(&self) -> Result<Vec<nimbus_core::QueueName>> {
+        queue::SqsQueue::new(self.clients.clone())
+            .deployment_queues()
+            .await
+    }
+
     /// The four services, with blobs at `location`.
     pub fn engine(&self, location: &S3Location) -> Result<Engine> {
         Ok(Engine {
@@ -201,6 +215,11 @@ mod tests {
     #[test]
     fn prefixes_are_checked() {
         assert!(AwsConfig::default().validate().is_ok());
+        let empty = AwsConfig {
+            prefix: String::new(),
+            ..AwsConfig::default()
+        };
+        assert!(empty.validate().unwrap_err().to_string().contains("empty"));
         let bad = AwsConfig {
             prefix: "a.b".into(),
             ..AwsConfig::default()

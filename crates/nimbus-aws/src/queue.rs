@@ -10,6 +10,7 @@ use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
     QueueAttributeName, SendMessageBatchRequestEntry,
 };
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use nimbus_core::queue::{check_batch, check_visibility, Attributes};
 use nimbus_core::{
@@ -18,7 +19,7 @@ use nimbus_core::{
 };
 
 use crate::body::{self, WireBody};
-use crate::error::{malformed, sdk_error};
+use crate::error::{kind_of_code, malformed, sdk_error};
 use crate::{ceil_secs, Clients};
 
 /// The most entries of one SQS batch call.
@@ -98,6 +99,29 @@ impl SqsQueue {
         let info = QueueInfo { url, options };
         self.remember(name, info.clone());
         Ok(info)
+    }
+
+    /// The queues tagged as this deployment's (`aws down` and `aws status` act on these only: a
+    /// name prefix alone would also match a deployment whose prefix extends this one's).
+    pub async fn deployment_queues(&self) -> Result<Vec<QueueName>> {
+        let mut ours = Vec::new();
+        for name in self.list_queues().await? {
+            let url = self.url(&name).await?;
+            let tags = self
+                .clients
+                .sqs
+                .list_queue_tags()
+                .queue_url(url)
+                .send()
+                .await
+                .map_err(|e| self.queue_error(&name, "read the tags of", e))?
+                .tags
+                .unwrap_or_default();
+            if tags.get(crate::DEPLOYMENT_TAG) == Some(&self.clients.prefix) {
+                ours.push(name);
+            }
+        }
+        Ok(ours)
     }
 
     async fn url(&self, name: &QueueName) -> Result<String> {
@@ -358,14 +382,22 @@ impl SqsQueue {
             .send()
             .await
             .map_err(|e| self.queue_error(queue, "delete from", e))?;
-        match out.failed.into_iter().next() {
+        // A receipt SQS no longer honours (expired, or its message already gone) has nothing
+        // left to delete: deletes are idempotent.
+        let failed = out.failed.into_iter().find(|f| {
+            !matches!(
+                f.code.as_str(),
+                "ReceiptHandleIsInvalid" | "InvalidParameterValue"
+            )
+        });
+        match failed {
             None => Ok(()),
             Some(f) => Err(Error::new(
-                if f.sender_fault {
+                kind_of_code(&f.code).unwrap_or(if f.sender_fault {
                     ErrorKind::InvalidInput
                 } else {
                     ErrorKind::Unavailable
-                },
+                }),
                 format!(
                     "delete from queue `{queue}`: receipt {}: {}: {}",
                     f.id,
@@ -486,7 +518,10 @@ fn chunk_for_sqs(messages: Vec<WireMessage>) -> Vec<Vec<(usize, WireMessage)>> {
     chunks
 }
 
-fn delivery(message: Message) -> Result<Delivery> {
+/// A received message as a delivery; `None` (logged) for one SQS sent without an id or receipt.
+/// A body that does not decode is handed out as it came, so its handler fails it and it reaches
+/// the dead-letter queue, instead of failing the receive of the whole batch.
+fn delivery(queue: &QueueName, message: Message) -> Option<Delivery> {
     let system = message.attributes.unwrap_or_default();
     let attributes: Attributes = message
         .message_attributes
@@ -494,18 +529,23 @@ fn delivery(message: Message) -> Result<Delivery> {
         .into_iter()
         .filter_map(|(k, v)| v.string_value.map(|s| (k, s)))
         .collect();
-    let (body, attributes) = body::decode(message.body.unwrap_or_default(), attributes)?;
+    let text = message.body.unwrap_or_default();
+    let (body, attributes) = match body::decode(text.clone(), attributes.clone()) {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            tracing::warn!(queue = %queue, error = %e, "a message body does not decode; delivered as received");
+            (Bytes::from(text), attributes)
+        }
+    };
+    let (Some(message_id), Some(receipt)) = (message.message_id, message.receipt_handle) else {
+        tracing::warn!(queue = %queue, "SQS sent a message without an id or a receipt; skipped");
+        return None;
+    };
     let number =
         |key: MessageSystemAttributeName| system.get(&key).and_then(|v| v.parse::<u64>().ok());
-    Ok(Delivery {
-        message_id: message
-            .message_id
-            .ok_or_else(|| malformed("receive", "message id"))?,
-        receipt: Receipt(
-            message
-                .receipt_handle
-                .ok_or_else(|| malformed("receive", "receipt handle"))?,
-        ),
+    Some(Delivery {
+        message_id,
+        receipt: Receipt(receipt),
         body,
         attributes,
         receive_count: number(MessageSystemAttributeName::ApproximateReceiveCount)
@@ -532,6 +572,7 @@ impl Queue for SqsQueue {
             .create_queue()
             .queue_name(self.sqs_name(name)?)
             .set_attributes(Some(attributes))
+            .tags(crate::DEPLOYMENT_TAG, &self.clients.prefix)
             .send()
             .await
             .map_err(|e| sdk_error(format!("create queue `{name}`"), e))?;
@@ -613,6 +654,18 @@ impl Queue for SqsQueue {
             .into_iter()
             .map(WireMessage::encode)
             .collect::<Result<Vec<_>>>()?;
+        // Encoding can grow a body (base64): check again, before anything is sent.
+        if let Some((i, m)) = wire
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.size() > info.options.max_message_bytes)
+        {
+            return Err(Error::invalid(format!(
+                "message {i} is {} bytes once encoded for SQS (binary bodies travel as base64), over the limit of queue `{queue}` ({} bytes); put large payloads in blobs",
+                m.size(),
+                info.options.max_message_bytes
+            )));
+        }
         let count = wire.len();
         // FIFO order across calls needs one call after the other.
         let parallel = if queue.is_fifo() { 1 } else { PARALLEL_CALLS };
@@ -656,13 +709,25 @@ impl Queue for SqsQueue {
             let asks: Vec<usize> = (0..remaining.div_ceil(SQS_BATCH).min(self.parallel_receives))
                 .map(|i| (remaining - i * SQS_BATCH).min(SQS_BATCH))
                 .collect();
-            let answers = futures::future::try_join_all(
+            let answers = futures::future::join_all(
                 asks.iter()
                     .map(|&n| self.receive_call(queue, &info.url, n, 0, visibility)),
             )
-            .await?;
-            last_full = answers.iter().zip(&asks).all(|(a, &n)| a.len() == n);
-            got.extend(answers.into_iter().flatten());
+            .await;
+            last_full = true;
+            for (answer, &asked) in answers.into_iter().zip(&asks) {
+                match answer {
+                    Ok(messages) => {
+                        last_full &= messages.len() == asked;
+                        got.extend(messages);
+                    }
+                    // What was received is in flight now: hand it out rather than lose it.
+                    Err(e) => {
+                        tracing::warn!(queue = %queue, error = %e, "a follow-up receive failed");
+                        last_full = false;
+                    }
+                }
+            }
         }
         // SQS never hands one message to two concurrent calls; emulators can (moto races), and a
         // batch must not hold a message twice.
@@ -672,7 +737,7 @@ impl Queue for SqsQueue {
                 .as_ref()
                 .is_none_or(|id| seen.insert(id.clone()))
         });
-        got.into_iter().map(delivery).collect()
+        Ok(got.into_iter().filter_map(|m| delivery(queue, m)).collect())
     }
 
     async fn delete_batch(&self, queue: &QueueName, receipts: &[Receipt]) -> Result<()> {
@@ -682,12 +747,13 @@ impl Queue for SqsQueue {
             .chunks(SQS_BATCH)
             .map(<[Receipt]>::to_vec)
             .collect();
-        futures::stream::iter(chunks)
+        // Every chunk is tried, whatever happens to the others; the first error is reported.
+        let results: Vec<Result<()>> = futures::stream::iter(chunks)
             .map(|chunk| self.delete_chunk(queue, &info.url, chunk))
             .buffer_unordered(PARALLEL_CALLS)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
+            .collect()
+            .await;
+        results.into_iter().collect()
     }
 
     async fn change_visibility(

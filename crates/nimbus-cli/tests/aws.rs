@@ -122,9 +122,10 @@ fn aws_up_is_idempotent_status_shows_it_and_down_removes_exactly_it() {
     );
     assert!(again.contains("queue   tasks: exists"), "{again}");
 
-    // A queue of another deployment in the same account is left alone by `down`.
+    // A queue of another deployment in the same account, even one whose prefix extends this
+    // one's (`e2e-x-` begins with `e2e-`), is left alone by `status` and `down`.
     let other = |args: &[&str]| {
-        let out = d.nimbus_with_prefix("other-").args(args).output().unwrap();
+        let out = d.nimbus_with_prefix("e2e-x-").args(args).output().unwrap();
         assert!(
             out.status.success(),
             "{}",

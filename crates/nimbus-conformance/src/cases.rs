@@ -44,7 +44,7 @@ async fn recv_wait(
 
 /// Receives until `count` messages have come (or `patience` passed), deleting none.
 async fn collect(h: &Harness, q: &QueueName, count: usize, visibility: Duration) -> Vec<Delivery> {
-    let deadline = Instant::now() + h.ticks(20);
+    let deadline = Instant::now() + h.ticks(20) * h.patience;
     let mut got = Vec::new();
     while got.len() < count && Instant::now() < deadline {
         got.extend(recv_wait(h, q, count - got.len(), visibility, h.ticks(2)).await);

@@ -21,8 +21,12 @@ pub struct Harness {
     pub prefix: String,
     /// Kept alive for the case (a temporary directory, a server).
     pub guard: Option<Box<dyn Any + Send + Sync>>,
-    /// Cases this engine is known to fail, each with the reason (see [`Harness::known_gap`]).
-    pub gaps: BTreeMap<&'static str, &'static str>,
+    /// Cases this engine is known to fail, or may fail in one known way (see
+    /// [`Harness::known_gap`] and [`Harness::known_race`]).
+    pub gaps: BTreeMap<&'static str, Gap>,
+    /// How many times longer than `tick` counts the cases wait for a slow engine to hand out
+    /// everything (the timing semantics themselves stay in ticks).
+    pub patience: u32,
 }
 
 impl Harness {
@@ -35,6 +39,7 @@ impl Harness {
             prefix,
             guard: None,
             gaps: BTreeMap::new(),
+            patience: 1,
         }
     }
 
@@ -42,7 +47,38 @@ impl Harness {
     /// not have). The case still runs, and must fail: if it passes, the test fails and says the
     /// gap is gone. Every engine lists its gaps in one place, beside its harness.
     pub fn known_gap(mut self, case: &'static str, reason: &'static str) -> Self {
-        self.gaps.insert(case, reason);
+        self.gaps.insert(
+            case,
+            Gap {
+                reason,
+                symptom: None,
+            },
+        );
+        self
+    }
+
+    /// Declares that `case` may fail on this engine in one known way only: with a panic whose
+    /// message contains `symptom` (a race in the server behind the engine). Such a failure is
+    /// printed with the reason; any other failure fails the test.
+    pub fn known_race(
+        mut self,
+        case: &'static str,
+        symptom: &'static str,
+        reason: &'static str,
+    ) -> Self {
+        self.gaps.insert(
+            case,
+            Gap {
+                reason,
+                symptom: Some(symptom),
+            },
+        );
+        self
+    }
+
+    /// Waits for a slow engine `factor` times longer (see [`Harness::patience`]).
+    pub fn patience(mut self, factor: u32) -> Self {
+        self.patience = factor.max(1);
         self
     }
 
@@ -78,13 +114,46 @@ impl Harness {
     }
 }
 
-/// Checks a known gap: the case must have failed. Prints the reason where it did.
-pub fn expect_gap(case: &str, reason: &str, failed: bool) {
-    assert!(
-        failed,
-        "case `{case}` passes on this engine now: remove it from the engine's known gaps ({reason})"
+/// A declared difference between an engine and the suite.
+#[derive(Debug, Clone, Copy)]
+pub struct Gap {
+    /// Why the engine differs.
+    pub reason: &'static str,
+    /// `None`: the case always fails. `Some(s)`: it may fail, only with a message containing `s`.
+    pub symptom: Option<&'static str>,
+}
+
+/// Judges a case run under a declared gap: an always-failing gap must have failed; a race may
+/// have failed only with its symptom. Prints the reason where the case failed.
+pub fn expect_gap(case: &str, gap: Gap, outcome: Result<(), tokio::task::JoinError>) {
+    let message = match outcome {
+        Ok(()) => {
+            assert!(
+                gap.symptom.is_some(),
+                "case `{case}` passes on this engine now: remove it from the engine's known gaps ({})",
+                gap.reason
+            );
+            return;
+        }
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_default(),
+            Err(e) => e.to_string(),
+        },
+    };
+    if let Some(symptom) = gap.symptom {
+        assert!(
+            message.contains(symptom),
+            "case `{case}` failed otherwise than its known race (`{symptom}`): {message}"
+        );
+    }
+    eprintln!(
+        "known gap: case `{case}` failed on this engine, as declared: {}",
+        gap.reason
     );
-    eprintln!("known gap: case `{case}` fails on this engine, as declared: {reason}");
 }
 
 fn rand_u32() -> u32 {
@@ -134,10 +203,10 @@ macro_rules! conformance_suite {
                 let name = stringify!($case);
                 match harness.gaps.get(name).copied() {
                     None => $crate::cases::$case(&harness).await,
-                    Some(reason) => {
+                    Some(gap) => {
                         let h = harness.clone();
                         let outcome = tokio::spawn(async move { $crate::cases::$case(&h).await }).await;
-                        $crate::expect_gap(name, reason, outcome.is_err());
+                        $crate::expect_gap(name, gap, outcome);
                     }
                 }
             }

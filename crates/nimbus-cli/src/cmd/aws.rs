@@ -80,7 +80,7 @@ pub async fn run(args: &EngineArgs, cmd: AwsCmd) -> anyhow::Result<()> {
                 };
                 report("topic", topic.as_str(), outcome);
             }
-            for queue in engine.queue.list_queues().await? {
+            for queue in aws.deployment_queues().await? {
                 engine.queue.delete_queue(&queue).await?;
                 report("queue", queue.as_str(), Outcome::Removed);
             }
@@ -103,7 +103,7 @@ pub async fn run(args: &EngineArgs, cmd: AwsCmd) -> anyhow::Result<()> {
                 "  {:<40} {:>9} {:>9} {:>9}",
                 "queue", "visible", "in flight", "delayed"
             );
-            for queue in engine.queue.list_queues().await? {
+            for queue in aws.deployment_queues().await? {
                 let d = engine.queue.depth(&queue).await?;
                 println!(
                     "  {:<40} {:>9} {:>9} {:>9}",

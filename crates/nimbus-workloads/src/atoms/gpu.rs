@@ -5,7 +5,8 @@
 //! Chunking: atoms go to constant memory [`CONST_ATOMS`] at a time (one launch each); a slab's
 //! planes are split across the GPUs, and each GPU's share into passes whose f64 grid fits its
 //! memory budget (and the launch grid's z limit). The minimum is found on the host over each
-//! pass's values, with the CPU kernel's tie rule (lowest linear index).
+//! pass's values, with the CPU kernel's tie rule (lowest linear index). A GPU runs one pass at a
+//! time (its constant memory holds one chunk of atoms), whatever the number of slabs in flight.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -102,6 +103,8 @@ pub fn pass_minimum(values: &[f64], n: u32, z0: u32) -> Option<Minimum> {
 
 /// One GPU with the kernel loaded.
 struct Device {
+    /// Held for a whole pass: concurrent slabs must not swap atoms in constant memory.
+    busy: std::sync::Mutex<()>,
     name: String,
     stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
@@ -230,6 +233,7 @@ impl Device {
             .load_function("dcs_slab")
             .map_err(|e| unavailable("the kernel has no dcs_slab", e))?;
         Ok(Self {
+            busy: std::sync::Mutex::new(()),
             name,
             stream: context.default_stream(),
             module,
@@ -269,6 +273,10 @@ impl Device {
         z0: u32,
         planes: u32,
     ) -> Result<Vec<f64>, cudarc::driver::DriverError> {
+        let _busy = self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let points = n as usize * n as usize * planes as usize;
         let mut grid = self.stream.alloc_zeros::<f64>(points)?;
         let config = launch_config(n, planes);
