@@ -44,7 +44,8 @@ async fn recv_wait(
 
 /// Receives until `count` messages have come (or `patience` passed), deleting none.
 async fn collect(h: &Harness, q: &QueueName, count: usize, visibility: Duration) -> Vec<Delivery> {
-    let deadline = Instant::now() + h.ticks(20) * h.patience;
+    // Never past the visibility timeout: a message received early would come again.
+    let deadline = Instant::now() + (h.ticks(20) * h.patience).min(visibility.mul_f64(0.9));
     let mut got = Vec::new();
     while got.len() < count && Instant::now() < deadline {
         got.extend(recv_wait(h, q, count - got.len(), visibility, h.ticks(2)).await);
