@@ -154,6 +154,16 @@ where
     Error::new(kind, format!("{what}: {detail}")).with_source(err)
 }
 
+/// A `NotFound` error restated as "`what` does not exist" (the service's own words kept as the
+/// source); any other error unchanged.
+pub fn missing_is_named(err: Error, what: impl std::fmt::Display) -> Error {
+    if err.kind() == ErrorKind::NotFound {
+        Error::not_found(format!("{what} does not exist")).with_source(err)
+    } else {
+        err
+    }
+}
+
 /// An error for an answer the service should never give (a missing field).
 pub fn malformed(what: impl std::fmt::Display, field: &str) -> Error {
     Error::internal(format!("{what}: the service's answer has no {field}"))

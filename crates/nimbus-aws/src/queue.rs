@@ -19,7 +19,7 @@ use nimbus_core::{
 };
 
 use crate::body::{self, WireBody};
-use crate::error::{kind_of_code, malformed, sdk_error};
+use crate::error::{kind_of_code, malformed, missing_is_named, sdk_error};
 use crate::{ceil_secs, Clients};
 
 /// The most entries of one SQS batch call.
@@ -150,9 +150,8 @@ impl SqsQueue {
         let err = sdk_error(format!("{action} queue `{name}`"), err);
         if err.kind() == ErrorKind::NotFound {
             self.forget(name);
-            return Error::not_found(format!("queue `{name}` does not exist")).with_source(err);
         }
-        err
+        missing_is_named(err, format!("queue `{name}`"))
     }
 
     async fn attributes(
@@ -173,14 +172,16 @@ impl SqsQueue {
         Ok(out.attributes.unwrap_or_default())
     }
 
-    async fn arn(&self, name: &QueueName) -> Result<String> {
+    /// The queue's URL and ARN; `NotFound` names the queue.
+    pub(crate) async fn url_and_arn(&self, name: &QueueName) -> Result<(String, String)> {
         let url = self.url(name).await?;
         let mut attrs = self
             .attributes(name, &url, &[QueueAttributeName::QueueArn])
             .await?;
-        attrs
+        let arn = attrs
             .remove(&QueueAttributeName::QueueArn)
-            .ok_or_else(|| malformed(format!("read queue `{name}`"), "QueueArn"))
+            .ok_or_else(|| malformed(format!("read queue `{name}`"), "QueueArn"))?;
+        Ok((url, arn))
     }
 
     async fn read_options(&self, name: &QueueName, url: &str) -> Result<QueueOptions> {
@@ -286,7 +287,7 @@ impl SqsQueue {
             );
         }
         if let Some(dl) = &options.dead_letter {
-            let arn = self.arn(&dl.queue).await.map_err(|e| {
+            let (_, arn) = self.url_and_arn(&dl.queue).await.map_err(|e| {
                 if e.kind() == ErrorKind::NotFound {
                     Error::not_found(format!(
                         "dead-letter queue `{}` of `{name}` does not exist",

@@ -9,17 +9,20 @@ use aws_sdk_sns::types::MessageAttributeValue;
 use aws_sdk_sqs::types::QueueAttributeName;
 use bytes::Bytes;
 use nimbus_core::queue::Attributes;
-use nimbus_core::topic::check_publish;
+use nimbus_core::topic::{check_publish, check_subscribe};
 use nimbus_core::{Error, ErrorKind, Filter, QueueName, Result, Subscription, Topic, TopicName};
 
 use crate::body;
-use crate::error::{malformed, sdk_error};
+use crate::error::{malformed, missing_is_named, sdk_error};
+use crate::queue::SqsQueue;
 use crate::Clients;
 
 /// SNS topics of one deployment.
 #[derive(Debug)]
 pub struct SnsTopic {
     clients: Arc<Clients>,
+    /// Looks up the queues that subscribe (URL, ARN).
+    queues: SqsQueue,
     arns: Mutex<HashMap<TopicName, String>>,
 }
 
@@ -33,6 +36,7 @@ impl SnsTopic {
     /// The topics of the deployment whose clients these are.
     pub fn new(clients: Arc<Clients>) -> Self {
         Self {
+            queues: SqsQueue::new(clients.clone()),
             clients,
             arns: Mutex::new(HashMap::new()),
         }
@@ -90,9 +94,8 @@ impl SnsTopic {
         let err = sdk_error(format!("{action} topic `{name}`"), err);
         if err.kind() == ErrorKind::NotFound {
             self.forget(name);
-            return Error::not_found(format!("topic `{name}` does not exist")).with_source(err);
         }
-        err
+        missing_is_named(err, format!("topic `{name}`"))
     }
 
     async fn listed(&self, name: &TopicName, arn: &str) -> Result<Vec<Listed>> {
@@ -118,37 +121,6 @@ impl SnsTopic {
                     })
                     .collect()
             })
-    }
-
-    /// The queue's URL and ARN; `NotFound` names the queue.
-    async fn queue_arn(&self, queue: &QueueName) -> Result<(String, String)> {
-        let sqs = &self.clients.sqs;
-        let not_found = |e: Error| {
-            if e.kind() == ErrorKind::NotFound {
-                Error::not_found(format!("queue `{queue}` does not exist")).with_source(e)
-            } else {
-                e
-            }
-        };
-        let url = sqs
-            .get_queue_url()
-            .queue_name(format!("{}{}", self.clients.prefix, queue))
-            .send()
-            .await
-            .map_err(|e| not_found(sdk_error(format!("look up queue `{queue}`"), e)))?
-            .queue_url
-            .ok_or_else(|| malformed(format!("look up queue `{queue}`"), "queue URL"))?;
-        let arn = sqs
-            .get_queue_attributes()
-            .queue_url(&url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .map_err(|e| not_found(sdk_error(format!("read queue `{queue}`"), e)))?
-            .attributes
-            .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-            .ok_or_else(|| malformed(format!("read queue `{queue}`"), "QueueArn"))?;
-        Ok((url, arn))
     }
 
     /// Lets this deployment's topics send to the queue (AWS refuses SNS deliveries otherwise).
@@ -278,16 +250,9 @@ impl Topic for SnsTopic {
         queue: &QueueName,
         filter: Option<Filter>,
     ) -> Result<Subscription> {
-        if queue.is_fifo() {
-            return Err(Error::invalid(format!(
-                "FIFO queue `{queue}` cannot subscribe to a standard topic"
-            )));
-        }
-        if let Some(f) = &filter {
-            f.validate()?;
-        }
+        check_subscribe(queue, filter.as_ref())?;
         let topic_arn = self.arn(topic).await?;
-        let (url, queue_arn) = self.queue_arn(queue).await?;
+        let (url, queue_arn) = self.queues.url_and_arn(queue).await?;
         self.allow_topics(queue, &url, &queue_arn, &topic_arn)
             .await?;
         let policy = filter_policy(filter.as_ref())?;

@@ -5,10 +5,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Killed;
 use nimbus_aws::moto::MotoServer;
+
+mod common;
 
 /// A deployment on its own moto server.
 struct Deployment {
@@ -70,32 +73,8 @@ impl Deployment {
     }
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn curl(args: &[&str]) -> serde_json::Value {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "90"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "curl {args:?} gave {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    common::curl_json(90, args)
 }
 
 #[test]

@@ -5,20 +5,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use common::Killed;
+
+mod common;
 use std::time::Duration;
 
 const PHOTOS: &str = "/usr/lib/python3/dist-packages/skimage/data";
 const EXPECT: &str = "file,words\nchelsea.png,cat\ncoffee.png,espresso\nrocket.jpg,missile\nmotorcycle_left.png,moped\ncamera.png,tripod\n";
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn nimbus(db: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nimbus"));

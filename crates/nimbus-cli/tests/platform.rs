@@ -2,6 +2,8 @@
 //! result and picture), and a kill -9 in the middle of a job after which `nimbus up` finishes it.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -49,22 +51,7 @@ impl Drop for Up {
 }
 
 fn curl(args: &[&str]) -> serde_json::Value {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "curl {args:?} gave {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    common::curl_json(10, args)
 }
 
 fn output_dir(name: &str) -> PathBuf {

@@ -82,6 +82,17 @@ pub struct Subscription {
     pub filter: Option<Filter>,
 }
 
+/// Checks a subscription: a standard queue (SNS standard topics refuse FIFO queues) and, if
+/// there is one, a filter within SNS's limits.
+pub fn check_subscribe(queue: &QueueName, filter: Option<&Filter>) -> Result<()> {
+    if queue.is_fifo() {
+        return Err(Error::invalid(format!(
+            "FIFO queue `{queue}` cannot subscribe to a standard topic"
+        )));
+    }
+    filter.map_or(Ok(()), Filter::validate)
+}
+
 /// Checks a message to publish.
 pub fn check_publish(body: &Bytes, attributes: &Attributes) -> Result<()> {
     check_attributes(attributes)?;

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_core::queue::Attributes;
-use nimbus_core::topic::check_publish;
+use nimbus_core::topic::{check_publish, check_subscribe};
 use nimbus_core::{
     Error, Filter, OutgoingMessage, QueueName, Result, Subscription, Topic, TopicName,
 };
@@ -89,14 +89,7 @@ impl Topic for SqliteEngine {
         queue: &QueueName,
         filter: Option<Filter>,
     ) -> Result<Subscription> {
-        if queue.is_fifo() {
-            return Err(Error::invalid(format!(
-                "FIFO queue `{queue}` cannot subscribe to a standard topic"
-            )));
-        }
-        if let Some(f) = &filter {
-            f.validate()?;
-        }
+        check_subscribe(queue, filter.as_ref())?;
         let (topic, queue) = (topic.clone(), queue.clone());
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_error)?;

@@ -292,17 +292,9 @@ async fn model_bench(
         "| nimbus (tract-onnx) | 1 | {:.0} ms | {tract:.2} ms |",
         load.as_secs_f64() * 1e3
     );
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/onnxruntime_peer.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(&script)
-        .arg(&model.model)
-        .arg(runs.to_string())
-        .output()
-        .await;
-    match out {
-        Ok(out) if out.status.success() => {
-            let text = String::from_utf8_lossy(&out.stdout);
+    let model_path = model.model.display().to_string();
+    match run_peer("onnxruntime_peer.py", &[&model_path, &runs.to_string()]).await {
+        Ok(text) => {
             let field = |name: &str| {
                 text.lines()
                     .find_map(|l| l.strip_prefix(name))
@@ -317,13 +309,30 @@ async fn model_bench(
                 field("ms_per_image ")
             );
         }
-        Ok(out) => println!(
-            "| onnxruntime | 1 | not run: {} | |",
-            String::from_utf8_lossy(&out.stdout).trim()
-        ),
-        Err(e) => println!("| onnxruntime | 1 | not run: {e} | |"),
+        Err(why) => println!("| onnxruntime | 1 | not run: {why} | |"),
     }
     Ok(())
+}
+
+#[cfg(any(feature = "classify", feature = "aws"))]
+/// Runs a peer program of `bench/` with python3; its standard output, or why it did not run
+/// (a peer that misses its packages says which, on standard output, and exits non-zero).
+async fn run_peer(script: &str, args: &[&str]) -> Result<String, String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../bench")
+        .join(script);
+    let out = tokio::process::Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text.trim().to_string())
+    }
 }
 
 #[cfg(not(feature = "classify"))]
@@ -415,17 +424,9 @@ async fn moto_engine(bench: EngineBench) -> anyhow::Result<()> {
 /// The same server driven by boto3 (`bench/moto_boto3_peer.py`): how fast moto itself goes.
 #[cfg(feature = "aws")]
 async fn boto3_peer(endpoint: &str, messages: usize) {
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/moto_boto3_peer.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(&script)
-        .arg(endpoint)
-        .arg(messages.to_string())
-        .output()
-        .await;
-    match out {
-        Ok(out) if out.status.success() => {
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
+    match run_peer("moto_boto3_peer.py", &[endpoint, &messages.to_string()]).await {
+        Ok(text) => {
+            for line in text.lines() {
                 let Some((scenario, rate)) = line.rsplit_once(' ') else {
                     continue;
                 };
@@ -437,11 +438,7 @@ async fn boto3_peer(endpoint: &str, messages: usize) {
                 println!("| peer: boto3 on the same server, {scenario} | {rate} |");
             }
         }
-        Ok(out) => println!(
-            "| peer: boto3 | not run: {} |",
-            String::from_utf8_lossy(&out.stdout).trim()
-        ),
-        Err(e) => println!("| peer: boto3 | not run: {e} |"),
+        Err(why) => println!("| peer: boto3 | not run: {why} |"),
     }
 }
 
