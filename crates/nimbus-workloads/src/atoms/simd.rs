@@ -1,10 +1,17 @@
 //! x86-64 SIMD rows of the atom kernel (AVX-512F, or AVX2 with FMA), chosen at run time.
 //!
-//! The reciprocal square root is the hardware estimate (`vrsqrt14ps`: 14 bits, `vrsqrtps`: 12
-//! bits) refined by one Newton step, y1 = y0 (1.5 - 0.5 r² y0²), to about 22 bits, close to f32's
-//! 24; it replaces a square root and a division (each several cycles per vector) by a handful of
-//! one-cycle operations. Several vectors of x are computed per atom (register blocking), so each
-//! atom's broadcast values are loaded once per block, and the accumulators stay in registers.
+//! Each atom's energy is folded into its distance: with e' = e / s (s a power of two, the
+//! largest |e| rounded up) and r'² = r² / e'², the term is e / r = sign(e) s rsqrt(r'²). So
+//! one x difference scaled by 1/|e'| serves a block of rows, and per grid point and atom the
+//! work is r'² (one fused multiply-add), the hardware reciprocal-square-root estimate y0
+//! (`vrsqrt14ps`: 14 bits, `vrsqrtps`: 12 bits) and one Newton step folded into the sum,
+//! acc += y0 (3 - r'² y0²) (three operations, about 22 bits, close to f32's 24); the factor
+//! ±s/2 is applied once per chunk of atoms, which is why atoms are grouped by sign. The
+//! estimate's instruction is the costly one (three micro-operations for 16 lanes on the Intel
+//! cores measured), so everything around it is kept to the minimum: a block of rows shares each
+//! atom's x difference, the accumulators stay in registers, and the distance clamp runs only
+//! where an atom lies within [`MIN_DISTANCE`] of one of the block's row lines.
+//!
 //! This is the only module with `unsafe`: the intrinsics, called only after the CPU has been
 //! seen to support them.
 #![allow(unsafe_code)]
@@ -14,6 +21,13 @@ use std::arch::x86_64::*;
 use super::kernel::{Atoms, CHUNK, MIN_DISTANCE};
 
 const MIN_R2: f32 = MIN_DISTANCE * MIN_DISTANCE;
+/// Rows computed together (fewer at the end of a plane): 8 keeps the accumulators and the
+/// shared x difference in registers with both instruction sets; measured faster than 4 with
+/// both, and than 2, 4 or 8 vectors of x a block.
+pub const ROWS: usize = 8;
+/// Atoms whose |e| is below the largest |e| times this are left out: each adds less than
+/// 2^-50 of the largest atom's term, far below f32's resolution of that term.
+const NEGLIGIBLE: f64 = 1.0 / (1u64 << 50) as f64;
 
 /// Which instruction set a row runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,126 +50,273 @@ pub fn available() -> Vec<Isa> {
     isas
 }
 
-/// `R` rows (1 or 2) of one z-plane with `isa`, which the caller got from [`available`];
-/// `dyz[r][i]` is atom i's squared distance in y and z from row r. Two rows at once share each
-/// x difference between them.
-pub fn rows<const R: usize>(
+/// The atoms of one energy sign, scaled as the module describes.
+#[derive(Debug, Default)]
+struct SignGroup {
+    x: Vec<f32>,
+    y: Vec<f32>,
+    z: Vec<f32>,
+    /// 1 / |e'|.
+    inv: Vec<f32>,
+    /// 1 / e'².
+    inv2: Vec<f32>,
+    /// MIN_DISTANCE² / e'²: the clamp in scaled units.
+    floor: Vec<f32>,
+}
+
+impl SignGroup {
+    /// Atoms `range` with their scaled distances from a block of R rows (`d`, atom-major).
+    fn atoms<'a, const R: usize>(
+        &'a self,
+        d: &'a [f32],
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = (f32, f32, f32, &'a [f32; R])> + 'a {
+        let dyz = &d.as_chunks::<R>().0[range.clone()];
+        let (x, inv, floor) = (
+            &self.x[range.clone()],
+            &self.inv[range.clone()],
+            &self.floor[range],
+        );
+        x.iter()
+            .zip(inv)
+            .zip(floor)
+            .zip(dyz)
+            .map(|(((&x, &inv), &floor), dyz)| (x, inv, floor, dyz))
+    }
+}
+
+/// Atoms prepared for the SIMD rows (once per slab).
+#[derive(Debug)]
+pub struct Prepared {
+    /// Positive energies, then negative.
+    groups: [SignGroup; 2],
+    /// s/2: what the sums are multiplied by.
+    half_scale: f64,
+}
+
+impl Prepared {
+    /// Groups and scales `atoms`; atoms with zero (or negligible) energy add nothing and are
+    /// left out.
+    pub fn new(atoms: &Atoms) -> Self {
+        let largest = atoms.e.iter().fold(0f32, |m, e| m.max(e.abs()));
+        let scale = if largest > 0.0 {
+            f64::from(largest).log2().ceil().exp2()
+        } else {
+            1.0
+        };
+        let mut groups = [SignGroup::default(), SignGroup::default()];
+        for i in 0..atoms.len() {
+            let e = f64::from(atoms.e[i]) / scale;
+            if e.abs() < NEGLIGIBLE || e.is_nan() {
+                continue;
+            }
+            let group = &mut groups[usize::from(e < 0.0)];
+            let inv = (1.0 / e.abs()) as f32;
+            let inv2 = f64::from(inv) * f64::from(inv);
+            group.x.push(atoms.x[i]);
+            group.y.push(atoms.y[i]);
+            group.z.push(atoms.z[i]);
+            group.inv.push(inv);
+            group.inv2.push(inv2 as f32);
+            group.floor.push((f64::from(MIN_R2) * inv2) as f32);
+        }
+        Self {
+            groups,
+            half_scale: 0.5 * scale,
+        }
+    }
+}
+
+/// The rows `y, y + 1, ..` of plane `z` into `outs` (one slice of `n` values a row) with
+/// `isa`, which the caller got from [`available`]. Computes as many rows as the instruction
+/// set's block holds (at least one, at most `outs.len()`) and returns how many.
+pub fn rows(
     isa: Isa,
-    atoms: &Atoms,
-    dyz: [&[f32]; R],
+    prepared: &Prepared,
     n: usize,
-    out: [&mut [f64]; R],
-) {
+    y: u32,
+    z: u32,
+    outs: &mut [&mut [f64]],
+) -> usize {
     match isa {
         // SAFETY: `available` saw the CPU support AVX-512F.
-        Isa::Avx512 => unsafe { rows_avx512::<R>(atoms, dyz, n, out) },
+        Isa::Avx512 => unsafe { rows_avx512(prepared, n, y, z, outs) },
         // SAFETY: `available` saw the CPU support AVX2 and FMA.
-        Isa::Avx2Fma => unsafe { rows_avx2::<R>(atoms, dyz, n, out) },
+        Isa::Avx2Fma => unsafe { rows_avx2(prepared, n, y, z, outs) },
     }
 }
 
 macro_rules! simd_rows {
-    ($name:ident, $block:ident, $features:literal, $lanes:expr, $vec:ty, $set1:ident, $zero:ident, $loadu:ident,
-     $storeu:ident, $sub:ident, $mul:ident, $fmadd:ident, $fnmadd:ident, $max:ident, $rsqrt:ident) => {
+    ($name:ident, $set:ident, $distances:ident, $block:ident, $add:ident, $flush:ident, $features:literal, $lanes:expr, $vec:ty,
+     $set1:ident, $zero:ident, $loadu:ident, $storeu:ident, $sub:ident, $mul:ident,
+     $fmadd:ident, $fnmadd:ident, $max:ident, $rsqrt:ident) => {
         #[target_feature(enable = $features)]
-        unsafe fn $name<const R: usize>(
-            atoms: &Atoms,
-            dyz: [&[f32]; R],
-            n: usize,
-            mut out: [&mut [f64]; R],
-        ) {
-            let mut xb = 0;
-            while xb < n {
-                // Up to 8 vectors (4 for two rows) per block, fewer at the row's end.
-                let left = n - xb;
-                let width = if left > 4 * $lanes {
-                    $block::<8, R>(atoms, &dyz, xb, left, &mut out)
-                } else if left > 2 * $lanes {
-                    $block::<4, R>(atoms, &dyz, xb, left, &mut out)
-                } else if left > $lanes {
-                    $block::<2, R>(atoms, &dyz, xb, left, &mut out)
-                } else {
-                    $block::<1, R>(atoms, &dyz, xb, left, &mut out)
-                };
-                xb += width;
+        fn $name(prepared: &Prepared, n: usize, y: u32, z: u32, outs: &mut [&mut [f64]]) -> usize {
+            match outs.len() {
+                left if left >= ROWS => $set::<ROWS>(prepared, n, y, z, outs),
+                left if left >= 2 => $set::<2>(prepared, n, y, z, outs),
+                _ => $set::<1>(prepared, n, y, z, outs),
             }
         }
 
-        /// `B` vectors of x from `xb` on `R` rows: every atom, accumulators in registers.
-        /// Returns the points written per row.
+        /// `R` rows: each group's scaled y-z distances (atom-major, R per atom), then the
+        /// x vectors one by one.
         #[target_feature(enable = $features)]
-        #[inline]
-        fn $block<const B: usize, const R: usize>(
-            atoms: &Atoms,
-            dyz: &[&[f32]; R],
-            xb: usize,
-            left: usize,
-            out: &mut [&mut [f64]; R],
+        fn $set<const R: usize>(
+            prepared: &Prepared,
+            n: usize,
+            y: u32,
+            z: u32,
+            outs: &mut [&mut [f64]],
         ) -> usize {
             const L: usize = $lanes;
-            let mut px: [$vec; B] = [$zero(); B];
-            for (k, p) in px.iter_mut().enumerate() {
-                let mut xs = [0f32; L];
-                for (l, v) in xs.iter_mut().enumerate() {
-                    *v = (xb + k * L + l) as f32;
-                }
-                // SAFETY: `xs` holds L floats.
-                *p = unsafe { $loadu(xs.as_ptr()) };
+            let py: [f32; R] = std::array::from_fn(|r| (y as usize + r) as f32);
+            let mut near = false;
+            let scaled: Vec<Vec<f32>> = prepared
+                .groups
+                .iter()
+                .map(|g| {
+                    let mut d = vec![0f32; g.x.len() * R];
+                    near |= $distances::<R>(g, py, z as f32, &mut d);
+                    d
+                })
+                .collect();
+            let mut iota = [0f32; L];
+            for (l, v) in iota.iter_mut().enumerate() {
+                *v = l as f32;
             }
-            let (three, min_r2) = ($set1(3.0), $set1(MIN_R2));
-            let mut total = [[[0f64; L]; B]; R];
-            for start in (0..atoms.len()).step_by(CHUNK) {
-                let end = (start + CHUNK).min(atoms.len());
-                let mut acc: [[$vec; B]; R] = [[$zero(); B]; R];
-                for i in start..end {
-                    // e / r = (e/2) y0 (3 - r² y0²): one Newton step on the estimate y0, folded
-                    // into the sum. Only an atom within MIN_DISTANCE of a row's line can come
-                    // closer than MIN_DISTANCE to one of its points: only then is r² clamped.
-                    let (ax, half_e) = ($set1(atoms.x[i]), $set1(0.5 * atoms.e[i]));
-                    let mut d = [$zero(); R];
-                    let mut near = false;
-                    for r in 0..R {
-                        d[r] = $set1(dyz[r][i]);
-                        near |= dyz[r][i] < MIN_R2;
-                    }
-                    for k in 0..B {
-                        let dx = $sub(px[k], ax);
-                        for r in 0..R {
-                            let mut r2 = $fmadd(dx, dx, d[r]);
-                            if near {
-                                r2 = $max(r2, min_r2);
-                            }
-                            let y0 = $rsqrt(r2);
-                            let refine = $fnmadd($mul(r2, y0), y0, three);
-                            acc[r][k] = $fmadd($mul(half_e, y0), refine, acc[r][k]);
-                        }
-                    }
+            // SAFETY: `iota` holds L floats.
+            let iota = unsafe { $loadu(iota.as_ptr()) };
+            for xb in (0..n).step_by(L) {
+                let px = $fmadd($set1(1.0), iota, $set1(xb as f32));
+                let totals = if near {
+                    $block::<R, true>(prepared, &scaled, px)
+                } else {
+                    $block::<R, false>(prepared, &scaled, px)
+                };
+                let width = L.min(n - xb);
+                for (out, total) in outs.iter_mut().zip(&totals) {
+                    out[xb..xb + width].copy_from_slice(&total[..width]);
                 }
-                let mut lanes = [0f32; L];
+            }
+            R
+        }
+
+        /// Each atom's squared y-z distance from each of the rows at `py` (plane `pz`), times
+        /// 1/e'², into `d` (atom-major); whether an atom lies within MIN_DISTANCE of a row's
+        /// line. Written so the compiler vectorizes it over the rows.
+        #[target_feature(enable = $features)]
+        #[inline]
+        fn $distances<const R: usize>(g: &SignGroup, py: [f32; R], pz: f32, d: &mut [f32]) -> bool {
+            let mut closest = [f32::INFINITY; R];
+            let atoms = g.y.iter().zip(&g.z).zip(&g.inv2);
+            for (per_atom, ((&ay, &az), &inv2)) in d.as_chunks_mut::<R>().0.iter_mut().zip(atoms) {
+                let dz = pz - az;
                 for r in 0..R {
-                    for k in 0..B {
-                        // SAFETY: `lanes` has room for L floats.
-                        unsafe { $storeu(lanes.as_mut_ptr(), acc[r][k]) };
-                        for (t, v) in total[r][k].iter_mut().zip(lanes) {
-                            *t += f64::from(v);
-                        }
+                    let dy = py[r] - ay;
+                    let raw = dy * dy + dz * dz;
+                    closest[r] = closest[r].min(raw);
+                    per_atom[r] = raw * inv2;
+                }
+            }
+            closest.iter().any(|&c| c < MIN_R2)
+        }
+
+        /// One vector of x (`px`) on `R` rows over every atom. A positive and a negative atom
+        /// go into the f32 sums side by side, so the sums cancel as they grow, as the data's
+        /// do; the rest of the larger group follows. Every CHUNK atoms the sums join the f64
+        /// totals.
+        #[target_feature(enable = $features)]
+        #[inline]
+        fn $block<const R: usize, const CLAMP: bool>(
+            prepared: &Prepared,
+            scaled: &[Vec<f32>],
+            px: $vec,
+        ) -> [[f64; $lanes]; R] {
+            let ([pos, neg], [dpos, dneg]) = (&prepared.groups, scaled) else {
+                unreachable!("two sign groups");
+            };
+            let mut totals = [[0f64; $lanes]; R];
+            let pairs = pos.x.len().min(neg.x.len());
+            for start in (0..pairs).step_by(CHUNK / 2) {
+                let range = start..(start + CHUNK / 2).min(pairs);
+                let mut acc = [$zero(); R];
+                let both = pos
+                    .atoms::<R>(dpos, range.clone())
+                    .zip(neg.atoms::<R>(dneg, range));
+                for (p, n) in both {
+                    $add::<R, CLAMP, false>(&mut acc, px, p);
+                    $add::<R, CLAMP, true>(&mut acc, px, n);
+                }
+                $flush::<R>(acc, prepared.half_scale, &mut totals);
+            }
+            let (rest, d, negative) = if pos.x.len() > pairs {
+                (pos, dpos, false)
+            } else {
+                (neg, dneg, true)
+            };
+            for start in (pairs..rest.x.len()).step_by(CHUNK) {
+                let range = start..(start + CHUNK).min(rest.x.len());
+                let mut acc = [$zero(); R];
+                for atom in rest.atoms::<R>(d, range) {
+                    if negative {
+                        $add::<R, CLAMP, true>(&mut acc, px, atom);
+                    } else {
+                        $add::<R, CLAMP, false>(&mut acc, px, atom);
                     }
                 }
+                $flush::<R>(acc, prepared.half_scale, &mut totals);
             }
-            let width = (B * L).min(left);
+            totals
+        }
+
+        /// One atom's term on `R` rows, added to (or, `NEG`, taken from) `acc`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        fn $add<const R: usize, const CLAMP: bool, const NEG: bool>(
+            acc: &mut [$vec; R],
+            px: $vec,
+            (x, inv, floor, dyz): (f32, f32, f32, &[f32; R]),
+        ) {
+            let dx = $mul($sub(px, $set1(x)), $set1(inv));
             for r in 0..R {
-                for (i, slot) in out[r][xb..xb + width].iter_mut().enumerate() {
-                    *slot = total[r][i / L][i % L];
+                let mut r2 = $fmadd(dx, dx, $set1(dyz[r]));
+                if CLAMP {
+                    r2 = $max(r2, $set1(floor));
+                }
+                let y0 = $rsqrt(r2);
+                let refine = $fnmadd($mul(r2, y0), y0, $set1(3.0));
+                acc[r] = if NEG {
+                    $fnmadd(y0, refine, acc[r])
+                } else {
+                    $fmadd(y0, refine, acc[r])
+                };
+            }
+        }
+
+        /// Adds f32 sums times `weight` to the f64 totals.
+        #[target_feature(enable = $features)]
+        #[inline]
+        fn $flush<const R: usize>(acc: [$vec; R], weight: f64, totals: &mut [[f64; $lanes]; R]) {
+            let mut lanes = [0f32; $lanes];
+            for (total, sum) in totals.iter_mut().zip(acc) {
+                // SAFETY: `lanes` has room for all the vector's floats.
+                unsafe { $storeu(lanes.as_mut_ptr(), sum) };
+                for (t, v) in total.iter_mut().zip(lanes) {
+                    *t += weight * f64::from(v);
                 }
             }
-            width
         }
     };
 }
 
 simd_rows!(
     rows_avx2,
+    set_avx2,
+    distances_avx2,
     block_avx2,
+    add_avx2,
+    flush_avx2,
     "avx2,fma",
     8,
     __m256,
@@ -172,7 +333,11 @@ simd_rows!(
 );
 simd_rows!(
     rows_avx512,
+    set_avx512,
+    distances_avx512,
     block_avx512,
+    add_avx512,
+    flush_avx512,
     "avx512f",
     16,
     __m512,
