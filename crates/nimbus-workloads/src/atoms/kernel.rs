@@ -158,40 +158,34 @@ pub fn row_on(path: KernelPath, atoms: &Atoms, n: u32, y: u32, z: u32, out: &mut
 }
 
 /// Computes rows with one path over one atom set, prepared once.
-struct Rows<'a> {
-    path: KernelPath,
-    atoms: &'a Atoms,
-    n: u32,
+enum Rows<'a> {
+    Portable(&'a Atoms, u32),
     #[cfg(target_arch = "x86_64")]
-    prepared: Option<super::simd::Prepared>,
+    Simd(super::simd::Isa, super::simd::Prepared, u32),
 }
 
 impl<'a> Rows<'a> {
     fn new(path: KernelPath, atoms: &'a Atoms, n: u32) -> Self {
-        Self {
-            path,
-            atoms,
-            n,
+        match path {
+            KernelPath::Portable => Self::Portable(atoms, n),
             #[cfg(target_arch = "x86_64")]
-            prepared: matches!(path, KernelPath::Simd(_))
-                .then(|| super::simd::Prepared::new(atoms)),
+            KernelPath::Simd(isa) => Self::Simd(isa, super::simd::Prepared::new(atoms), n),
         }
     }
 
     /// Rows y, y + 1, .. of plane z into `outs` (as many as the path computes at once, at
     /// least one); returns how many.
     fn compute(&self, y: u32, z: u32, outs: &mut [&mut [f64]]) -> usize {
-        match (self.path, outs) {
+        match (self, outs) {
             #[cfg(target_arch = "x86_64")]
-            (KernelPath::Simd(isa), outs) => match &self.prepared {
-                Some(prepared) => super::simd::rows(isa, prepared, self.n as usize, y, z, outs),
-                None => unreachable!("SIMD rows are prepared when made"),
-            },
-            (_, [out, ..]) => {
-                row_portable(self.atoms, self.n, y, z, out);
+            (Self::Simd(isa, prepared, n), outs) => {
+                super::simd::rows(*isa, prepared, *n as usize, y, z, outs)
+            }
+            (Self::Portable(atoms, n), [out, ..]) => {
+                row_portable(atoms, *n, y, z, out);
                 1
             }
-            (_, []) => 0,
+            (Self::Portable(..), []) => 0,
         }
     }
 }
