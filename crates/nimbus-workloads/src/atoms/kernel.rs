@@ -161,7 +161,7 @@ pub fn row_on(path: KernelPath, atoms: &Atoms, n: u32, y: u32, z: u32, out: &mut
 enum Rows<'a> {
     Portable(&'a Atoms, u32),
     #[cfg(target_arch = "x86_64")]
-    Simd(super::simd::Isa, super::simd::Prepared, u32),
+    Simd(super::simd::Isa, Box<super::simd::Prepared>, u32),
 }
 
 impl<'a> Rows<'a> {
@@ -169,7 +169,9 @@ impl<'a> Rows<'a> {
         match path {
             KernelPath::Portable => Self::Portable(atoms, n),
             #[cfg(target_arch = "x86_64")]
-            KernelPath::Simd(isa) => Self::Simd(isa, super::simd::Prepared::new(atoms), n),
+            KernelPath::Simd(isa) => {
+                Self::Simd(isa, Box::new(super::simd::Prepared::new(atoms)), n)
+            }
         }
     }
 
