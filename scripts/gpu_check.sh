@@ -10,23 +10,30 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=gpu-check
 
-prepare() {
-    mkdir -p "$dir"
-    cargo build --release --locked -p nimbus-cli --features cuda
-    cp target/release/nimbus "$dir/nimbus"
-    # The workloads' unit tests, built with the cuda feature: the test binary's path from cargo.
-    local tests
-    tests=$(cargo test --release --locked -p nimbus-workloads --features cuda --lib --no-run \
-        --message-format=json | python3 -c '
+# The executable of target NAME in cargo's JSON messages on stdin.
+executable() {
+    python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "nimbus_workloads":
-        print(m["executable"])')
-    cp "$tests" "$dir/workloads-tests"
-    # Without symbols both fit the device tool's 64 MiB carry.
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$1"
+}
+
+prepare() {
+    mkdir -p "$dir"
+    # The binary and the workloads' unit tests, built with the cuda feature; their paths from
+    # cargo (wherever CARGO_TARGET_DIR points).
+    local nimbus tests
+    nimbus=$(cargo build --release --locked -p nimbus-cli --features cuda \
+        --message-format=json | executable nimbus)
+    tests=$(cargo test --release --locked -p nimbus-workloads --features cuda --lib --no-run \
+        --message-format=json | executable nimbus_workloads)
+    cp -f "$nimbus" "$dir/nimbus"
+    cp -f "$tests" "$dir/workloads-tests"
+    # Without symbols both fit the device tool's carry (64 MiB with the whole working tree).
     strip "$dir/nimbus" "$dir/workloads-tests"
-    cp ../shared/reference/dcs_gpu.cu "$dir/dcs_gpu.cu"
+    install -m 0644 ../shared/reference/dcs_gpu.cu "$dir/dcs_gpu.cu"
     ls -la "$dir"
 }
 
@@ -34,8 +41,11 @@ run() {
     local out=${OUT:-$dir/out}
     mkdir -p "$out"
     nvidia-smi | tee "$out/nvidia-smi.txt" || true
-    # The GPU tests (NVRTC compile, GPU against CPU on random inputs) and the planner's.
-    "$dir/workloads-tests" atoms::gpu --nocapture 2>&1 | tee "$out/gpu-tests.txt"
+    # cudarc looks for libnvrtc.so(.12); a CUDA toolkit keeps it here.
+    export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+    # The GPU tests (NVRTC compile, GPU against CPU on random inputs) and the planner's; a
+    # missing GPU or NVRTC fails them here instead of passing as "not used".
+    NIMBUS_REQUIRE_GPU=1 "$dir/workloads-tests" atoms::gpu --nocapture 2>&1 | tee "$out/gpu-tests.txt"
     # nimbus's GPU kernel beside the reference built with nvcc, same n and m, same run.
     (cd "$dir" && ./nimbus bench atoms --n 256 --m 16000 --gpu --gpu-reference dcs_gpu.cu \
         --no-cpu) 2>&1 | tee "$out/bench-gpu.txt"

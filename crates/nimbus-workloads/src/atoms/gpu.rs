@@ -382,7 +382,9 @@ mod tests {
     /// lib folder on LD_LIBRARY_PATH), the kernel source compiles to PTX with its entry point.
     #[test]
     fn the_kernel_compiles_with_nvrtc_or_says_it_is_missing() {
+        let required = std::env::var_os("NIMBUS_REQUIRE_GPU").is_some();
         match compile() {
+            Err(why) if required => panic!("NIMBUS_REQUIRE_GPU is set: {why}"),
             Ok(ptx) => assert!(
                 ptx.to_src().contains("dcs_slab"),
                 "no entry point in the PTX"
@@ -392,11 +394,16 @@ mod tests {
     }
 
     /// On a machine with a GPU, the GPU agrees with the CPU kernel on random inputs; on one
-    /// without, detection says why and the CPU serves.
+    /// without, detection says why and the CPU serves. `NIMBUS_REQUIRE_GPU=1` (the device
+    /// check, scripts/gpu_check.sh) makes a missing GPU a failure.
     #[test]
     fn the_gpu_matches_the_cpu_or_says_why_it_is_not_used() {
         match Gpus::detect() {
             Err(why) => {
+                assert!(
+                    std::env::var_os("NIMBUS_REQUIRE_GPU").is_none(),
+                    "NIMBUS_REQUIRE_GPU is set and no GPU is used: {why}"
+                );
                 assert!(!why.0.is_empty());
                 assert!(!super::super::backend_name().starts_with("cuda"));
             }

@@ -160,7 +160,8 @@ pub fn check_inside(atoms: &Atoms, n: u32) -> Result<(), String> {
     let hi = n.saturating_sub(1) as f32;
     for i in 0..atoms.len() {
         let (x, y, z) = (atoms.x[i], atoms.y[i], atoms.z[i]);
-        if [x, y, z].iter().any(|c| *c < 0.0 || *c > hi) {
+        // Written so that NaN counts as outside.
+        if [x, y, z].iter().any(|c| !(*c >= 0.0 && *c <= hi)) {
             return Err(format!(
                 "atom {} at ({x}, {y}, {z}) lies outside the grid [0, {hi}]^3",
                 i + 1

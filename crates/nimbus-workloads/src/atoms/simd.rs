@@ -5,8 +5,9 @@
 //! one x difference scaled by 1/|e'| serves a block of rows, and per grid point and atom the
 //! work is r'² (one fused multiply-add), the hardware reciprocal-square-root estimate y0
 //! (`vrsqrt14ps`: 14 bits, `vrsqrtps`: 12 bits) and one Newton step folded into the sum,
-//! acc += y0 (3 - r'² y0²) (three operations, about 22 bits, close to f32's 24); the factor
-//! ±s/2 is applied once per chunk of atoms, which is why atoms are grouped by sign. The
+//! acc += y0 (3 - r'² y0²) (three operations, about 22 bits, close to f32's 24), or taken
+//! from the sum for a negative energy; the factor s/2 is applied once per chunk of atoms.
+//! Atoms are grouped by sign so that a positive and a negative one can go side by side. The
 //! estimate's instruction is the costly one (three micro-operations for 16 lanes on the Intel
 //! cores measured), so everything around it is kept to the minimum: a block of rows shares each
 //! atom's x difference, the accumulators stay in registers, and the distance clamp runs only
@@ -25,9 +26,12 @@ const MIN_R2: f32 = MIN_DISTANCE * MIN_DISTANCE;
 /// shared x difference in registers with both instruction sets; measured faster than 4 with
 /// both, and than 2, 4 or 8 vectors of x a block.
 pub const ROWS: usize = 8;
-/// Atoms whose |e| is below the largest |e| times this are left out: each adds less than
-/// 2^-50 of the largest atom's term, far below f32's resolution of that term.
+/// Atoms whose |e| is below the largest |e| times this are left out: at one point each adds
+/// less than 2^-50 (r_max / MIN_DISTANCE) of the largest atom's term there, about 2^-30 at
+/// n = 512, below f32's resolution of that term.
 const NEGLIGIBLE: f64 = 1.0 / (1u64 << 50) as f64;
+/// r'² = r² / e'² must stay below f32's largest value (2^128) for r up to √3 n.
+const LARGEST_SCALED_R2: f64 = (1u128 << 126) as f64;
 
 /// Which instruction set a row runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,9 +99,11 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Groups and scales `atoms`; atoms with zero (or negligible) energy add nothing and are
-    /// left out.
-    pub fn new(atoms: &Atoms) -> Self {
+    /// Groups and scales `atoms` for an `n`-grid; atoms with zero (or negligible) energy add
+    /// nothing and are left out. The atoms must be finite (the parser and generator see to it).
+    pub fn new(atoms: &Atoms, n: u32) -> Self {
+        let farthest2 = 3.0 * f64::from(n).powi(2);
+        let smallest = NEGLIGIBLE.max((farthest2 / LARGEST_SCALED_R2).sqrt());
         let largest = atoms.e.iter().fold(0f32, |m, e| m.max(e.abs()));
         let scale = if largest > 0.0 {
             f64::from(largest).log2().ceil().exp2()
@@ -107,7 +113,7 @@ impl Prepared {
         let mut groups = [SignGroup::default(), SignGroup::default()];
         for i in 0..atoms.len() {
             let e = f64::from(atoms.e[i]) / scale;
-            if e.abs() < NEGLIGIBLE || e.is_nan() {
+            if e.abs() < smallest || e.is_nan() {
                 continue;
             }
             let group = &mut groups[usize::from(e < 0.0)];
@@ -129,7 +135,7 @@ impl Prepared {
 
 /// The rows `y, y + 1, ..` of plane `z` into `outs` (one slice of `n` values a row) with
 /// `isa`, which the caller got from [`available`]. Computes as many rows as the instruction
-/// set's block holds (at least one, at most `outs.len()`) and returns how many.
+/// set's block holds (at most `outs.len()`, at least one if any) and returns how many.
 pub fn rows(
     isa: Isa,
     prepared: &Prepared,
@@ -153,6 +159,7 @@ macro_rules! simd_rows {
         #[target_feature(enable = $features)]
         fn $name(prepared: &Prepared, n: usize, y: u32, z: u32, outs: &mut [&mut [f64]]) -> usize {
             match outs.len() {
+                0 => 0,
                 left if left >= ROWS => $set::<ROWS>(prepared, n, y, z, outs),
                 left if left >= 2 => $set::<2>(prepared, n, y, z, outs),
                 _ => $set::<1>(prepared, n, y, z, outs),
