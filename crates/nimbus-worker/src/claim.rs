@@ -74,8 +74,12 @@ impl Claim {
 
 /// The ledger key of a task's claim.
 pub fn claim_key(task_id: &str) -> Result<ItemKey> {
-    ItemKey::new(format!("task#{task_id}"), "claim")
+    ItemKey::new(format!("{CLAIM_PREFIX}{task_id}"), "claim")
 }
+
+const CLAIM_PREFIX: &str = "task#";
+/// The longest task id a claim can name.
+pub const MAX_TASK_ID_BYTES: usize = nimbus_core::ledger::MAX_KEY_BYTES - CLAIM_PREFIX.len();
 
 /// What a delivery should do given the claim it found (it lost the put-if-absent).
 #[derive(Debug, Clone, PartialEq)]

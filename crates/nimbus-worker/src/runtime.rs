@@ -308,6 +308,28 @@ async fn dispatch(
         }
         return;
     }
+    // A task id that cannot name a claim fails alone, at once, instead of holding back the
+    // batch it came in (which would come back again and again with it).
+    let (jobs, unclaimable): (Vec<_>, Vec<_>) = jobs
+        .into_iter()
+        .zip(permits)
+        .partition(|(job, _)| claim_key(&job.task_id).is_ok());
+    for (job, _permit) in unclaimable {
+        let reason = format!(
+            "task id is {} bytes; at most {} bytes are allowed",
+            job.task_id.len(),
+            crate::claim::MAX_TASK_ID_BYTES
+        );
+        let failed = Completion {
+            job,
+            outcome: Outcome::Failed(reason),
+            duration: Duration::ZERO,
+        };
+        if done.send(failed).await.is_err() {
+            tracing::error!("completer is gone; the task will be redelivered");
+        }
+    }
+    let (jobs, permits): (Vec<Job>, Vec<_>) = jobs.into_iter().unzip();
     let claims = jobs
         .iter()
         .map(|j| {
@@ -583,7 +605,12 @@ async fn record(shared: &Shared, batch: Vec<Completion>) -> Result<()> {
         return Ok(());
     }
     if shared.config.dedup {
-        let writes = ended
+        // Ends of tasks that hold a claim are recorded on it; a task whose id cannot name a
+        // claim never had one.
+        let (claimed, unclaimed): (Vec<_>, Vec<_>) = ended
+            .into_iter()
+            .partition(|(job, _)| claim_key(&job.task_id).is_ok());
+        let writes = claimed
             .iter()
             .map(|(job, report)| {
                 let claim = Claim::Ended {
@@ -598,16 +625,15 @@ async fn record(shared: &Shared, batch: Vec<Completion>) -> Result<()> {
             })
             .collect::<Result<Vec<_>>>()?;
         let written = shared.engine.ledger.put_batch(writes).await?;
-        let mut kept = Vec::with_capacity(ended.len());
-        for (end, ok) in ended.into_iter().zip(written) {
+        ended = unclaimed;
+        for (end, ok) in claimed.into_iter().zip(written) {
             match ok {
-                Some(_) => kept.push(end),
+                Some(_) => ended.push(end),
                 None => {
                     tracing::warn!(task_id = %end.0.task_id, "claim lost before the end was recorded; the new owner reports")
                 }
             }
         }
-        ended = kept;
     }
     let refs: Vec<(&Job, TaskReport)> = ended.iter().map(|(j, r)| (j, r.clone())).collect();
     send_reports(shared, &refs).await?;

@@ -235,6 +235,40 @@ async fn a_panicking_handler_fails_its_task_and_the_worker_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_id_too_long_for_a_claim_fails_alone_and_its_batch_runs() {
+    let s = setup(QueueOptions::default()).await;
+    let long = "x".repeat(nimbus_worker::claim::MAX_TASK_ID_BYTES + 1);
+    let batch = vec![
+        task("before", "probe", "0"),
+        task(&long, "probe", "0"),
+        task("after", "probe", "0"),
+    ];
+    s.engine.queue.send_batch(&s.work, batch).await.unwrap();
+    let probe = Probe::default();
+    let stats = run_worker(&s, "w1", &probe, |_| {}).await;
+    assert_eq!((stats.succeeded, stats.failed), (2, 1));
+    assert_eq!(
+        probe.runs.load(Ordering::SeqCst),
+        2,
+        "the long id did not run"
+    );
+    let reports = reports(&s).await;
+    let failed: Vec<_> = reports
+        .iter()
+        .filter(|r| r.status == TaskStatus::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{reports:?}");
+    assert_eq!(failed[0].task_id, long);
+    let why = failed[0].error.as_deref().unwrap();
+    assert!(why.contains("task id is 1020 bytes; at most 1019"), "{why}");
+    assert_eq!(
+        s.engine.queue.depth(&s.work).await.unwrap(),
+        Default::default(),
+        "all three acknowledged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_task_keeps_its_lease_and_no_second_worker_runs_it() {
     let s = setup(QueueOptions::default()).await;
     s.engine
