@@ -4,6 +4,7 @@
 
 pub mod claim;
 mod runtime;
+pub mod sweep;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use async_trait::async_trait;
 use nimbus_core::{Delivery, Engine, QueueName};
 use tokio_util::sync::CancellationToken;
 
-pub use runtime::{Worker, WorkerConfig, WorkerStats};
+pub use runtime::{Worker, WorkerConfig, WorkerStats, DEFAULT_CLAIM_RETENTION};
 
 /// How a handler's run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
