@@ -35,13 +35,9 @@ fn bucket_partition(bucket: u64) -> String {
     format!("ended#{bucket}")
 }
 
-/// The index item that records `task_id` ending at `now_ms` (sort key `#<task id>`, so an
-/// empty task id has one too).
+/// The index item that records `task_id` ending at `now_ms`.
 pub fn ended_index(task_id: &str, now_ms: u64, retention: Duration) -> Result<ItemKey> {
-    ItemKey::new(
-        bucket_partition(bucket_of(now_ms, retention)),
-        format!("#{task_id}"),
-    )
+    ItemKey::new(bucket_partition(bucket_of(now_ms, retention)), task_id)
 }
 
 fn cursor_key() -> Result<ItemKey> {
@@ -75,9 +71,8 @@ pub async fn sweep(ledger: &dyn Ledger, retention: Duration, now_ms: u64) -> Res
 async fn sweep_bucket(ledger: &dyn Ledger, bucket: u64) -> Result<u64> {
     let partition = bucket_partition(bucket);
     let mut deleted = 0;
-    for (sort, _) in ledger.list(&partition).await? {
-        let task_id = sort.strip_prefix('#').unwrap_or(&sort);
-        let key = claim_key(task_id)?;
+    for (task_id, _) in ledger.list(&partition).await? {
+        let key = claim_key(&task_id)?;
         if let Some(item) = ledger.get(&key).await? {
             if matches!(Claim::decode(&item.value), Ok(Claim::Ended { .. }))
                 && ledger
@@ -89,7 +84,7 @@ async fn sweep_bucket(ledger: &dyn Ledger, bucket: u64) -> Result<u64> {
         }
         ledger
             .delete(
-                &ItemKey::new(partition.clone(), sort.clone())?,
+                &ItemKey::new(partition.clone(), task_id)?,
                 Condition::Always,
             )
             .await?;
