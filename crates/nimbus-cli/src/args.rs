@@ -163,10 +163,6 @@ pub struct WorkerArgs {
     /// Skip the ledger claim: at-least-once instead of effectively-once.
     #[arg(long)]
     pub no_dedup: bool,
-    /// How long an ended task's claim is kept, so a task id submitted again within it does not
-    /// run again (e.g. 7d, 12h); `forever` keeps every claim.
-    #[arg(long, value_parser = retention, default_value = "7d")]
-    pub claim_retention: Retention,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -223,21 +219,6 @@ pub enum TasksCmd {
 pub fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration like 30s or 500ms: {e}"))
-}
-
-/// A retention: a duration, or `forever` (None).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention(pub Option<Duration>);
-
-/// A duration like 7d, or `forever`.
-pub fn retention(s: &str) -> Result<Retention, String> {
-    if s == "forever" {
-        return Ok(Retention(None));
-    }
-    match duration(s)? {
-        d if d.is_zero() => Err("a retention must be longer than 0 (or `forever`)".into()),
-        d => Ok(Retention(Some(d))),
-    }
 }
 
 /// `KEY=VALUE`.
@@ -508,20 +489,6 @@ mod tests {
         if let Err(e) = Cli::try_parse_from(argv) {
             panic!("`nimbus {role} {args}` does not parse: {e}");
         }
-    }
-
-    #[test]
-    fn claim_retention_is_a_duration_or_forever() {
-        assert_eq!(
-            retention("12h"),
-            Ok(Retention(Some(Duration::from_secs(12 * 3600))))
-        );
-        assert_eq!(retention("forever"), Ok(Retention(None)));
-        assert!(retention("0s").unwrap_err().contains("longer than 0"));
-        assert!(retention("soon")
-            .unwrap_err()
-            .contains("`soon` is not a duration"));
-        parses("worker", "--claim-retention 3d");
     }
 
     #[test]

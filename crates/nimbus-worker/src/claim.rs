@@ -9,7 +9,6 @@
 //!   Running  --handler succeeded or failed for good (CAS)--> Done{report} | Failed{report}
 //!   Running  --handler asked to retry, or shutdown released it (CAS delete)--> (absent)
 //!   Running with lease_until in the past --another worker, CAS--> Running{new owner}  (takeover)
-//!   Done | Failed, claim retention over --sweep (`sweep.rs`), CAS delete--> (absent)
 //! ```
 //!
 //! A delivery that finds the claim `Done`/`Failed` is acknowledged without running: if it is

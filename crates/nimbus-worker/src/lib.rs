@@ -4,7 +4,6 @@
 
 pub mod claim;
 mod runtime;
-pub mod sweep;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use async_trait::async_trait;
 use nimbus_core::{Delivery, Engine, QueueName};
 use tokio_util::sync::CancellationToken;
 
-pub use runtime::{Worker, WorkerConfig, WorkerStats, DEFAULT_CLAIM_RETENTION};
+pub use runtime::{Worker, WorkerConfig, WorkerStats};
 
 /// How a handler's run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::FutureExt;
 use nimbus_core::queue::{MAX_BATCH, MAX_VISIBILITY_TIMEOUT};
 use nimbus_core::task::{ATTR_KIND, ATTR_REPLY_TO, ATTR_SESSION, ATTR_TASK_ID};
@@ -44,13 +43,7 @@ pub struct WorkerConfig {
     pub exit_when_idle: Option<Duration>,
     /// Claim task ids in the ledger so a task id runs once (off: at-least-once only).
     pub dedup: bool,
-    /// How long an ended task's claim is kept (so its id runs once within that time); then a
-    /// sweep deletes it. None: kept forever.
-    pub claim_retention: Option<Duration>,
 }
-
-/// The default of [`WorkerConfig::claim_retention`]: a week.
-pub const DEFAULT_CLAIM_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -64,7 +57,6 @@ impl Default for WorkerConfig {
             grace: Duration::from_secs(10),
             exit_when_idle: None,
             dedup: true,
-            claim_retention: Some(DEFAULT_CLAIM_RETENTION),
         }
     }
 }
@@ -172,14 +164,6 @@ impl Worker {
         let stop = shutdown.child_token();
         let (done_tx, done_rx) = mpsc::channel::<Completion>(4 * MAX_BATCH);
         let completer = tokio::spawn(complete_loop(shared.clone(), done_rx));
-        let sweeper = match (config.dedup, config.claim_retention) {
-            (true, Some(retention)) => Some(tokio::spawn(sweep_loop(
-                shared.clone(),
-                retention,
-                stop.clone(),
-            ))),
-            _ => None,
-        };
         let receivers: Vec<_> = config
             .queues
             .iter()
@@ -211,11 +195,6 @@ impl Worker {
         }
         if let Err(e) = completer.await {
             tracing::error!(error = %e, "completer task failed");
-        }
-        if let Some(sweeper) = sweeper {
-            if let Err(e) = sweeper.await {
-                tracing::error!(error = %e, "sweeper task failed");
-            }
         }
         let stats = shared.counters.snapshot();
         tracing::info!(worker = %config.worker_id, ?stats, "worker stopped");
@@ -285,28 +264,6 @@ async fn receive_loop(
             continue;
         }
         dispatch(&shared, &queue, got, permits, &done).await;
-    }
-}
-
-/// Sweeps ended claims older than `retention` at start and then every bucket width (at most a
-/// minute apart), until `stop`.
-async fn sweep_loop(shared: Arc<Shared>, retention: Duration, stop: CancellationToken) {
-    let period = crate::sweep::bucket_width(retention).min(Duration::from_secs(60));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = stop.cancelled() => return,
-        }
-        let now = u64::try_from(now_ms()).unwrap_or(0);
-        let swept = tokio::select! {
-            swept = crate::sweep::sweep(shared.engine.ledger.as_ref(), retention, now) => swept,
-            () = stop.cancelled() => return,
-        };
-        if let Err(e) = swept {
-            tracing::warn!(error = %e, "sweeping ended task claims failed; trying again later");
-        }
     }
 }
 
@@ -653,7 +610,7 @@ async fn record(shared: &Shared, batch: Vec<Completion>) -> Result<()> {
         let (claimed, unclaimed): (Vec<_>, Vec<_>) = ended
             .into_iter()
             .partition(|(job, _)| claim_key(&job.task_id).is_ok());
-        let mut writes = claimed
+        let writes = claimed
             .iter()
             .map(|(job, report)| {
                 let claim = Claim::Ended {
@@ -667,16 +624,7 @@ async fn record(shared: &Shared, batch: Vec<Completion>) -> Result<()> {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        if let Some(retention) = shared.config.claim_retention {
-            // Where the sweep finds these claims once the retention has passed.
-            let now = u64::try_from(now_ms()).unwrap_or(0);
-            for (job, _) in &claimed {
-                let key = crate::sweep::ended_index(&job.task_id, now, retention)?;
-                writes.push((key, Bytes::new(), Condition::Always));
-            }
-        }
-        let mut written = shared.engine.ledger.put_batch(writes).await?;
-        written.truncate(claimed.len());
+        let written = shared.engine.ledger.put_batch(writes).await?;
         ended = unclaimed;
         for (end, ok) in claimed.into_iter().zip(written) {
             match ok {

@@ -269,44 +269,6 @@ async fn a_task_id_too_long_for_a_claim_fails_alone_and_its_batch_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ended_claims_are_swept_after_the_retention_and_only_then_run_again() {
-    let s = setup(QueueOptions::default()).await;
-    let retention = Duration::from_secs(2);
-    let keep = |cfg: &mut WorkerConfig| cfg.claim_retention = Some(retention);
-    let old: Vec<_> = (0..5)
-        .map(|i| task(&format!("old{i}"), "probe", "0"))
-        .collect();
-    s.engine.queue.send_batch(&s.work, old).await.unwrap();
-    let probe = Probe::default();
-    run_worker(&s, "w1", &probe, keep).await;
-    let claim = |id: &str| {
-        let ledger = s.engine.ledger.clone();
-        let key = claim_key(id).unwrap();
-        async move { ledger.get(&key).await.unwrap() }
-    };
-    assert!(claim("old0").await.is_some(), "claims are kept at first");
-    // Past the retention plus one bucket (an eighth of it, at least 1 s) the next worker's
-    // sweep deletes them; a task that ends now keeps its claim.
-    tokio::time::sleep(retention + Duration::from_millis(1200)).await;
-    s.engine
-        .queue
-        .send(&s.work, task("new", "probe", "0"))
-        .await
-        .unwrap();
-    run_worker(&s, "w2", &probe, keep).await;
-    for i in 0..5 {
-        assert!(claim(&format!("old{i}")).await.is_none(), "old{i} swept");
-    }
-    assert!(claim("new").await.is_some(), "a recent claim stays");
-    // So a swept id runs again, and a kept one is still a duplicate.
-    let again = vec![task("old0", "probe", "0"), task("new", "probe", "0")];
-    s.engine.queue.send_batch(&s.work, again).await.unwrap();
-    let stats = run_worker(&s, "w3", &probe, keep).await;
-    assert_eq!((stats.succeeded, stats.duplicates), (1, 1));
-    assert_eq!(probe.runs.load(Ordering::SeqCst), 7);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_task_keeps_its_lease_and_no_second_worker_runs_it() {
     let s = setup(QueueOptions::default()).await;
     s.engine

@@ -38,7 +38,6 @@ pub async fn run(engine: &EngineArgs, args: WorkerArgs) -> anyhow::Result<()> {
         grace: args.grace,
         exit_when_idle: args.exit_when_idle,
         dedup: !args.no_dedup,
-        claim_retention: args.claim_retention.0,
         ..WorkerConfig::default()
     };
     let classify = args
