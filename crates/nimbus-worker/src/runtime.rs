@@ -677,20 +677,38 @@ async fn send_reports(shared: &Shared, ended: &[(&Job, TaskReport)]) -> Result<(
         by_queue.entry(reply_to.clone()).or_default().push(message);
     }
     for (queue, messages) in by_queue {
-        let sent = match QueueName::new(queue.as_str()) {
-            Ok(name) => send_all(shared, &name, &messages).await,
-            Err(e) => Err(e),
-        };
-        match sent {
-            // A reply queue that does not exist (or cannot) is the submitter's mistake: the
-            // reports to it are dropped with a warning, the tasks still end.
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::InvalidInput) => {
-                tracing::warn!(reply_to = %queue, reports = messages.len(), error = %e, "reports dropped: bad reply queue");
+        let name = match QueueName::new(queue.as_str()) {
+            Ok(name) => name,
+            Err(e) => {
+                dropped_if_refused(Err(e), &queue, messages.len())?;
+                continue;
             }
-            other => other?,
+        };
+        match send_all(shared, &name, &messages).await {
+            // One report the queue refuses (too large for it, say) must not take the others
+            // with it: send them one by one.
+            Err(e) if e.kind() == ErrorKind::InvalidInput && messages.len() > 1 => {
+                for message in &messages {
+                    let sent = send_all(shared, &name, std::slice::from_ref(message)).await;
+                    dropped_if_refused(sent, &queue, 1)?;
+                }
+            }
+            sent => dropped_if_refused(sent, &queue, messages.len())?,
         }
     }
     Ok(())
+}
+
+/// A reply queue that does not exist (or cannot), or that refuses a report, is the submitter's
+/// mistake: those reports are dropped with a warning and the tasks still end.
+fn dropped_if_refused(sent: Result<()>, queue: &str, reports: usize) -> Result<()> {
+    match sent {
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::InvalidInput) => {
+            tracing::warn!(reply_to = %queue, reports, error = %e, "reports dropped: refused by the reply queue");
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 async fn send_all(shared: &Shared, queue: &QueueName, messages: &[OutgoingMessage]) -> Result<()> {

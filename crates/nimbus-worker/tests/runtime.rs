@@ -108,6 +108,10 @@ impl Handler for Probe {
                 delay: Duration::from_millis(50),
                 reason: "try again".into(),
             },
+            "fail-big" => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Outcome::Failed("z".repeat(300_000))
+            }
             "always-retry" => Outcome::RetryAfter {
                 delay: Duration::from_millis(10),
                 reason: "never works".into(),
@@ -265,6 +269,31 @@ async fn a_task_id_too_long_for_a_claim_fails_alone_and_its_batch_runs() {
         s.engine.queue.depth(&s.work).await.unwrap(),
         Default::default(),
         "all three acknowledged"
+    );
+}
+
+/// A report too large for the reply queue (here a failure with a 300 KB reason; a task id of
+/// 150 KB does the same) is dropped alone; the reports of the tasks that end beside it arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_the_reply_queue_refuses_does_not_take_the_others_with_it() {
+    let s = setup(QueueOptions::default()).await;
+    let huge = "y".repeat(150_000);
+    let batch = vec![
+        task("first", "probe", "50"),
+        task("big", "probe", "fail-big"),
+        task(&huge, "probe", "0"),
+        task("second", "probe", "50"),
+    ];
+    s.engine.queue.send_batch(&s.work, batch).await.unwrap();
+    let stats = run_worker(&s, "w1", &Probe::default(), |_| {}).await;
+    assert_eq!((stats.succeeded, stats.failed), (2, 2));
+    let mut ids: Vec<_> = reports(&s).await.into_iter().map(|r| r.task_id).collect();
+    ids.sort();
+    assert_eq!(ids, ["first", "second"]);
+    assert_eq!(
+        s.engine.queue.depth(&s.work).await.unwrap(),
+        Default::default(),
+        "all four acknowledged"
     );
 }
 

@@ -146,11 +146,14 @@ pub async fn collect_reports(
                 Ok(report) => {
                     let partition =
                         format!("session#{}", report.session.as_deref().unwrap_or("none"));
-                    items.push((
-                        ItemKey::new(partition, &report.task_id)?,
-                        d.body.clone(),
-                        Condition::Always,
-                    ));
+                    // A report that cannot be stored (a task id or session longer than the
+                    // ledger's keys) is dropped alone, not with the batch it came in.
+                    match ItemKey::new(partition, &report.task_id) {
+                        Ok(key) => items.push((key, d.body.clone(), Condition::Always)),
+                        Err(e) => {
+                            tracing::warn!(queue = %reply_to, message_id = %d.message_id, error = %e, "task report cannot be stored; dropped")
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(queue = %reply_to, message_id = %d.message_id, error = %e, "not a task report; dropped")
