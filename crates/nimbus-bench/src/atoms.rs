@@ -44,43 +44,47 @@ pub fn kernel_rate(path: KernelPath, n: u32, m: u32, threads: usize) -> (f64, Op
 
 /// Builds the C reference with `gcc -O3 -march=native -ffast-math -fopenmp` into `dir`.
 pub fn build_reference(source: &Path, dir: &Path) -> Result<std::path::PathBuf, String> {
-    let exe = dir.join("dcs_reference");
-    let out = Command::new("gcc")
-        .args(["-O3", "-march=native", "-ffast-math", "-fopenmp"])
-        .arg(source)
-        .arg("-o")
-        .arg(&exe)
-        .arg("-lm")
-        .output()
-        .map_err(|e| format!("cannot run gcc (install it: apt-get install gcc): {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "gcc failed on {}: {}",
-            source.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(exe)
+    let flags = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-lm"];
+    compile(
+        "gcc",
+        &flags,
+        "install it: apt-get install gcc",
+        source,
+        &dir.join("dcs_reference"),
+    )
 }
 
 /// Builds the CUDA reference with `nvcc -O3 -arch=sm_90 -use_fast_math` into `dir`.
 pub fn build_gpu_reference(source: &Path, dir: &Path) -> Result<std::path::PathBuf, String> {
+    let flags = ["-O3", "-arch=sm_90", "-use_fast_math"];
     let exe = dir.join("dcs_gpu_reference");
-    let out = Command::new("nvcc")
-        .args(["-O3", "-arch=sm_90", "-use_fast_math"])
+    compile("nvcc", &flags, "the CUDA toolkit", source, &exe)
+}
+
+/// `compiler flags.. source -o exe`; errors name the compiler (with `hint` when it cannot run)
+/// and carry its messages.
+fn compile(
+    compiler: &str,
+    flags: &[&str],
+    hint: &str,
+    source: &Path,
+    exe: &Path,
+) -> Result<std::path::PathBuf, String> {
+    let out = Command::new(compiler)
         .arg(source)
         .arg("-o")
-        .arg(&exe)
+        .arg(exe)
+        .args(flags)
         .output()
-        .map_err(|e| format!("cannot run nvcc (the CUDA toolkit): {e}"))?;
+        .map_err(|e| format!("cannot run {compiler} ({hint}): {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "nvcc failed on {}: {}",
+            "{compiler} failed on {}: {}",
             source.display(),
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    Ok(exe)
+    Ok(exe.to_path_buf())
 }
 
 /// Runs the reference with `threads` OpenMP threads; its `evals/s=` figure.

@@ -72,6 +72,15 @@ fn config(s: &Setup, id: &str) -> WorkerConfig {
     }
 }
 
+/// The work queue holds nothing, visible or in flight.
+async fn assert_all_acknowledged(s: &Setup, what: &str) {
+    assert_eq!(
+        s.engine.queue.depth(&s.work).await.unwrap(),
+        Default::default(),
+        "{what}"
+    );
+}
+
 async fn reports(s: &Setup) -> Vec<TaskReport> {
     let mut out = Vec::new();
     loop {
@@ -161,11 +170,7 @@ async fn every_task_runs_once_reports_and_is_deleted() {
     assert!(reports
         .iter()
         .all(|r| r.status == TaskStatus::Succeeded && r.worker_id == "w1" && r.output_bytes == 2));
-    assert_eq!(
-        s.engine.queue.depth(&s.work).await.unwrap(),
-        Default::default(),
-        "every message deleted"
-    );
+    assert_all_acknowledged(&s, "every message deleted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,11 +200,7 @@ async fn the_same_task_id_submitted_twice_runs_once() {
         1,
         "a duplicate submission is not reported again"
     );
-    assert_eq!(
-        s.engine.queue.depth(&s.work).await.unwrap(),
-        Default::default(),
-        "the duplicate was acknowledged"
-    );
+    assert_all_acknowledged(&s, "the duplicate was acknowledged").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,11 +232,7 @@ async fn a_panicking_handler_fails_its_task_and_the_worker_goes_on() {
         .as_deref()
         .unwrap()
         .contains("no handler for kind `nope`"));
-    assert_eq!(
-        s.engine.queue.depth(&s.work).await.unwrap(),
-        Default::default(),
-        "failures are acknowledged"
-    );
+    assert_all_acknowledged(&s, "failures are acknowledged").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,11 +262,7 @@ async fn a_task_id_too_long_for_a_claim_fails_alone_and_its_batch_runs() {
     assert_eq!(failed[0].task_id, long);
     let why = failed[0].error.as_deref().unwrap();
     assert!(why.contains("task id is 1020 bytes; at most 1019"), "{why}");
-    assert_eq!(
-        s.engine.queue.depth(&s.work).await.unwrap(),
-        Default::default(),
-        "all three acknowledged"
-    );
+    assert_all_acknowledged(&s, "all three acknowledged").await;
 }
 
 /// A report too large for the reply queue (here a failure with a 300 KB reason; a task id of
@@ -290,11 +283,7 @@ async fn a_report_the_reply_queue_refuses_does_not_take_the_others_with_it() {
     let mut ids: Vec<_> = reports(&s).await.into_iter().map(|r| r.task_id).collect();
     ids.sort();
     assert_eq!(ids, ["first", "second"]);
-    assert_eq!(
-        s.engine.queue.depth(&s.work).await.unwrap(),
-        Default::default(),
-        "all four acknowledged"
-    );
+    assert_all_acknowledged(&s, "all four acknowledged").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,9 +502,5 @@ async fn a_missing_reply_queue_does_not_hold_back_the_batch() {
         1,
         "the report with a good reply queue arrives"
     );
-    assert_eq!(
-        s.engine.queue.depth(&s.work).await.unwrap(),
-        Default::default(),
-        "both messages deleted"
-    );
+    assert_all_acknowledged(&s, "both messages deleted").await;
 }

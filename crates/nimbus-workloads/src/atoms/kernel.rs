@@ -147,12 +147,8 @@ impl KernelPath {
     }
 }
 
-/// The effects of one grid row (fixed y and z, x = 0..n) into `out`, on the fastest path.
-pub fn row(atoms: &Atoms, n: u32, y: u32, z: u32, out: &mut [f64]) {
-    row_on(KernelPath::best(), atoms, n, y, z, out);
-}
-
-/// [`row`] on a chosen path.
+/// The effects of one grid row (fixed y and z, x = 0..n) into `out`, on a chosen path. It
+/// prepares the atoms for that one row: for many rows use [`slab_minimum`] or [`plane`].
 pub fn row_on(path: KernelPath, atoms: &Atoms, n: u32, y: u32, z: u32, out: &mut [f64]) {
     Rows::new(path, atoms, n).compute(y, z, &mut [out]);
 }
