@@ -522,6 +522,22 @@ fn chunk_for_sqs(messages: Vec<WireMessage>) -> Vec<Vec<(usize, WireMessage)>> {
 /// A received message as a delivery; `None` (logged) for one SQS sent without an id or receipt.
 /// A body that does not decode is handed out as it came, so its handler fails it and it reaches
 /// the dead-letter queue, instead of failing the receive of the whole batch.
+/// One copy of each message, the last received: a batch must not hold a message twice, and the
+/// last copy's receipt is the live one. A message comes twice when its visibility lapses while
+/// the follow-up receives of one call run (a slow call on a short timeout), or when an emulator
+/// hands it to two concurrent calls (moto races; SQS does not).
+fn latest_copies(mut got: Vec<Message>) -> Vec<Message> {
+    let mut seen = std::collections::HashSet::new();
+    got.reverse();
+    got.retain(|m| {
+        m.message_id
+            .as_ref()
+            .is_none_or(|id| seen.insert(id.clone()))
+    });
+    got.reverse();
+    got
+}
+
 fn delivery(queue: &QueueName, message: Message) -> Option<Delivery> {
     let system = message.attributes.unwrap_or_default();
     let attributes: Attributes = message
@@ -730,15 +746,10 @@ impl Queue for SqsQueue {
                 }
             }
         }
-        // SQS never hands one message to two concurrent calls; emulators can (moto races), and a
-        // batch must not hold a message twice.
-        let mut seen = std::collections::HashSet::new();
-        got.retain(|m| {
-            m.message_id
-                .as_ref()
-                .is_none_or(|id| seen.insert(id.clone()))
-        });
-        Ok(got.into_iter().filter_map(|m| delivery(queue, m)).collect())
+        Ok(latest_copies(got)
+            .into_iter()
+            .filter_map(|m| delivery(queue, m))
+            .collect())
     }
 
     async fn delete_batch(&self, queue: &QueueName, receipts: &[Receipt]) -> Result<()> {
@@ -825,6 +836,24 @@ impl Queue for SqsQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_received_twice_keeps_its_last_copy() {
+        let message = |id: &str, receipt: &str| {
+            Message::builder()
+                .message_id(id)
+                .receipt_handle(receipt)
+                .build()
+        };
+        let got = latest_copies(vec![
+            message("a", "a-old"),
+            message("b", "b"),
+            message("a", "a-new"),
+            message("c", "c"),
+        ]);
+        let receipts: Vec<_> = got.iter().filter_map(|m| m.receipt_handle()).collect();
+        assert_eq!(receipts, ["b", "a-new", "c"]);
+    }
 
     fn wire(size: usize) -> WireMessage {
         WireMessage::encode(OutgoingMessage::new("x".repeat(size))).unwrap()
