@@ -2,7 +2,8 @@
 # Runs every test of nimbus on a fresh machine: installs what the tests need (Debian's chromium
 # and curl for the GUI and platform tests, playwright-core from npm to drive chromium,
 # python3-skimage for its sample photos, and moto's AWS API server from PyPI for the AWS engine),
-# then the whole suite with every cargo feature.
+# then the whole suite with every cargo feature. Every test binary runs even when one fails
+# (--no-fail-fast), so one failure does not hide another; extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,4 +25,4 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm install --no-audit --no-fund --silent)
 fi
 
-cargo test --workspace --all-features --locked
+cargo test --workspace --all-features --locked --no-fail-fast "$@"

@@ -12,19 +12,22 @@ const browser = await chromium.launch({
   args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
          '--disable-component-update', '--disable-sync'],
 });
+// Waits are for results, bounded only so a broken page fails: a loaded machine is slow, not wrong.
+const PATIENT = 180000;
 const fail = async (msg) => { console.error('FAIL: ' + msg); await browser.close(); process.exit(1); };
 try {
   const page = await browser.newPage({ viewport: { width: 1100, height: 1000 } });
+  page.setDefaultTimeout(PATIENT);
   await page.goto(url);
   await page.fill('#grid', '48');
   await page.fill('#atoms', '2000');
   await page.fill('#seed', '5');
   await page.screenshot({ path: `${out}/1-form.png`, fullPage: true });
   await page.click('#submit');
-  await page.waitForURL(/\/jobs\//, { timeout: 10000 });
+  await page.waitForURL(/\/jobs\//, { timeout: PATIENT });
   // The bar moves: a width strictly between 0 % and 100 % is seen on the way (or it finished very fast).
   const widths = new Set();
-  const deadline = Date.now() + 60000;
+  const deadline = Date.now() + PATIENT;
   while (Date.now() < deadline) {
     const w = await page.$eval('#fill', (e) => e.style.width);
     widths.add(w);
@@ -32,7 +35,7 @@ try {
     await page.waitForTimeout(20);
   }
   if (!widths.has('100%')) await fail('the progress bar never reached 100 %: ' + [...widths].join(' '));
-  await page.waitForSelector('#resultcard', { state: 'visible', timeout: 20000 });
+  await page.waitForSelector('#resultcard', { state: 'visible', timeout: PATIENT });
   const pct = await page.textContent('#pct');
   if (pct.trim() !== '100 %') await fail('the percentage reads ' + pct);
   const points = await page.textContent('#points');
@@ -41,13 +44,13 @@ try {
   if (!/^-?\d/.test(minimum.trim())) await fail('no minimum shown: ' + minimum);
   const point = await page.textContent('#point');
   if (!/^\(\d+, \d+, \d+\)$/.test(point.trim())) await fail('no grid point shown: ' + point);
-  await page.waitForFunction(() => { const i = document.getElementById('plane'); return i.complete && i.naturalWidth > 0; }, null, { timeout: 10000 });
+  await page.waitForFunction(() => { const i = document.getElementById('plane'); return i.complete && i.naturalWidth > 0; }, null, { timeout: PATIENT });
   const state = await page.textContent('#state');
   if (state.trim() !== 'succeeded') await fail('state reads ' + state);
   await page.screenshot({ path: `${out}/2-result.png`, fullPage: true });
   // Reloaded, the page shows the same finished state.
   await page.reload();
-  await page.waitForSelector('#resultcard', { state: 'visible', timeout: 10000 });
+  await page.waitForSelector('#resultcard', { state: 'visible', timeout: PATIENT });
   if ((await page.textContent('#minimum')) !== minimum) await fail('the reloaded page shows another minimum');
   await page.goto(url);
   const home = await page.textContent('body');

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use nimbus_core::{Error, Result};
 
 /// How long moto may take to start (it imports a lot of Python).
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+const START_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A running moto server.
 #[derive(Debug)]

@@ -47,26 +47,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// A token cancelled on the first Ctrl-C or SIGTERM.
+/// A token cancelled on the first Ctrl-C (SIGINT) or SIGTERM. The handlers are in place when
+/// this returns, so a signal that comes while a command is still starting up stops it cleanly
+/// instead of killing it: every long-running command calls this first.
 pub fn shutdown_on_signals() -> tokio_util::sync::CancellationToken {
     let token = tokio_util::sync::CancellationToken::new();
     let fired = token.clone();
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    };
     tokio::spawn(async move {
         #[cfg(unix)]
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
+        match signals {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
                 }
-                Err(_) => std::future::pending::<()>().await,
             }
-        };
-        #[cfg(not(unix))]
-        let terminate = std::future::pending::<()>();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = terminate => {}
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops cleanly");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutdown requested");
         fired.cancel();
     });

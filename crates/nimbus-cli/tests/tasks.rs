@@ -2,6 +2,8 @@
 //! a worker killed with -9 in the middle of a batch; a worker stopped by SIGTERM.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -45,8 +47,14 @@ impl Env {
         out
     }
 
+    /// A worker process; its visibility timeout is 2 s unless `extra` says otherwise.
     fn worker(&self, extra: &[&str], own_group: bool) -> Child {
-        let mut c = self.cmd(&[&["worker", "--visibility", "2s"], extra].concat());
+        let visibility: &[&str] = if extra.contains(&"--visibility") {
+            &[]
+        } else {
+            &["--visibility", "2s"]
+        };
+        let mut c = self.cmd(&[&["worker"], visibility, extra].concat());
         c.stdout(Stdio::null()).stderr(Stdio::null());
         if own_group {
             use std::os::unix::process::CommandExt;
@@ -140,18 +148,18 @@ async fn kill_9_of_a_worker_mid_batch_loses_nothing_and_runs_nothing_twice() {
         "--concurrency",
         "16",
     ];
-    let victim = env.worker(&[&allow[..], &["--worker-id", "victim"]].concat(), true);
+    // The victim's lease outlasts the pauses below however slow the machine: a lease that ran
+    // out while it was stopped would let another worker take a task over and run it again.
+    let victim = env.worker(
+        &[
+            &allow[..],
+            &["--worker-id", "victim", "--visibility", "20s"],
+        ]
+        .concat(),
+        true,
+    );
     let mut others: Vec<Child> = (1..4)
-        .map(|i| {
-            env.worker(
-                &[
-                    &allow[..],
-                    &["--worker-id", &format!("w{i}"), "--exit-when-idle", "3s"],
-                ]
-                .concat(),
-                false,
-            )
-        })
+        .map(|i| env.worker(&[&allow[..], &["--worker-id", &format!("w{i}")]].concat(), false))
         .collect();
     let session = stdout(&env.run(&["tasks", "submit", "workload.txt"]));
 
@@ -160,7 +168,7 @@ async fn kill_9_of_a_worker_mid_batch_loses_nothing_and_runs_nothing_twice() {
     // the whole process group, look, and kill it or let it go on a little.
     let engine = nimbus_sqlite::SqliteEngine::open(env.db(), Default::default()).unwrap();
     let group = format!("-{}", victim.id());
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(300);
     while effects(&effects_file).len() < 250 {
         assert!(Instant::now() < deadline, "tasks are not progressing");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -191,12 +199,14 @@ async fn kill_9_of_a_worker_mid_batch_loses_nothing_and_runs_nothing_twice() {
     );
 
     let check = env
-        .cmd(&["tasks", "check", "--session", &session, "--wait", "60s"])
+        .cmd(&["tasks", "check", "--session", &session, "--wait", "300s"])
         .output()
         .unwrap();
     let report = stdout(&check);
     for w in &mut others {
-        w.wait().unwrap();
+        common::wait_until_catching(w.id(), common::SIGTERM);
+        signal(&w.id().to_string(), "-TERM");
+        assert!(w.wait().unwrap().success(), "a worker stops cleanly");
     }
     assert!(
         check.status.success(),
@@ -222,13 +232,14 @@ fn sigterm_stops_a_worker_cleanly() {
     let env = Env::new();
     env.run(&["queue", "create", "tasks"]);
     let mut worker = env.worker(&[], false);
-    std::thread::sleep(Duration::from_millis(300));
+    common::wait_until_catching(worker.id(), common::SIGTERM);
     let asked = Instant::now();
     signal(&worker.id().to_string(), "-TERM");
     let status = worker.wait().unwrap();
     assert!(status.success(), "exit status {status}");
+    // An idle worker ends its poll (1 s) and has nothing to wait for in its grace period (10 s).
     assert!(
-        asked.elapsed() < Duration::from_secs(5),
+        asked.elapsed() < Duration::from_secs(11),
         "took {:?}",
         asked.elapsed()
     );

@@ -24,8 +24,7 @@ pub struct Harness {
     /// Cases this engine is known to fail, or may fail in one known way (see
     /// [`Harness::known_gap`] and [`Harness::known_race`]).
     pub gaps: BTreeMap<&'static str, Gap>,
-    /// How many times longer than `tick` counts the cases wait for a slow engine to hand out
-    /// everything (the timing semantics themselves stay in ticks).
+    /// How many times longer a slow engine's windows are (see [`Harness::window`]).
     pub patience: u32,
 }
 
@@ -76,7 +75,7 @@ impl Harness {
         self
     }
 
-    /// Waits for a slow engine `factor` times longer (see [`Harness::patience`]).
+    /// Makes the windows `factor` times longer for a slow engine (see [`Harness::window`]).
     pub fn patience(mut self, factor: u32) -> Self {
         self.patience = factor.max(1);
         self
@@ -91,6 +90,15 @@ impl Harness {
     /// `n` ticks.
     pub fn ticks(&self, n: u32) -> Duration {
         self.tick * n
+    }
+
+    /// How long a case keeps a message hidden (in flight or delayed) while it checks, with
+    /// calls to the server, that nothing else comes out: three ticks times the patience. The
+    /// cases wait for results, not for fixed times, so only these windows depend on the
+    /// server's speed, and a check that ends after its window has passed fails saying so
+    /// (a server that slow needs more patience) rather than judging the engine.
+    pub fn window(&self) -> Duration {
+        self.ticks(3) * self.patience
     }
 
     /// This case's name for a queue called `stem` (`.fifo` stays a suffix).

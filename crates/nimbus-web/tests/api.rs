@@ -232,7 +232,7 @@ where
 {
     let mut text = String::new();
     let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
         let frame = tokio::time::timeout_at(deadline, body.frame())
             .await

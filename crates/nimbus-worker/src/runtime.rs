@@ -441,6 +441,9 @@ fn start(
                 tracing::error!("completer is gone; the task will be redelivered");
             }
         }
+        // Idle time counts from the last task's end too, not only from the last receive: a
+        // worker that just finished a long task is not idle yet.
+        *lock(&shared.last_activity) = Instant::now();
         shared.running.fetch_sub(1, Ordering::Relaxed);
         drop(permit);
     });

@@ -54,8 +54,8 @@ fn announce(listener: &tokio::net::TcpListener, what: &str) -> anyhow::Result<()
 }
 
 pub async fn web(engine: &EngineArgs, args: WebArgs) -> anyhow::Result<()> {
-    let engine = engine_url::open(engine).await?;
     let shutdown = crate::shutdown_on_signals();
+    let engine = engine_url::open(engine).await?;
     let (state, listener, pump) = start_web(&engine, &args, &shutdown).await?;
     announce(&listener, " web tier")?;
     nimbus_web::serve(listener, state, shutdown).await?;
@@ -64,8 +64,8 @@ pub async fn web(engine: &EngineArgs, args: WebArgs) -> anyhow::Result<()> {
 }
 
 pub async fn up(engine: &EngineArgs, args: UpArgs) -> anyhow::Result<()> {
-    let engine = engine_url::open(engine).await?;
     let shutdown = crate::shutdown_on_signals();
+    let engine = engine_url::open(engine).await?;
     let (state, listener, pump) = start_web(&engine, &args.web, &shutdown).await?;
     nimbus_workloads::sessions::ensure_queue(&engine, &QueueName::new(TASKS_QUEUE)?).await?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -11,6 +11,7 @@ use crate::args::{EngineArgs, ModelArgs, WorkerArgs};
 use crate::engine_url;
 
 pub async fn run(engine: &EngineArgs, args: WorkerArgs) -> anyhow::Result<()> {
+    let shutdown = crate::shutdown_on_signals();
     let engine = engine_url::open(engine).await?;
     let policy = match &args.allow_exec {
         Some(pattern) => ExecPolicy::allow(pattern).map_err(anyhow::Error::msg)?,
@@ -47,7 +48,7 @@ pub async fn run(engine: &EngineArgs, args: WorkerArgs) -> anyhow::Result<()> {
     let handlers = all_handlers(&engine, policy, &args.model, classify)?;
     let id = config.worker_id.clone();
     let stats = Worker::new(engine, handlers, config)
-        .run(crate::shutdown_on_signals())
+        .run(shutdown)
         .await?;
     eprintln!(
         "worker {id} stopped: {} succeeded, {} failed, {} retried, {} duplicates skipped, {} released",
