@@ -154,20 +154,23 @@ async fn two_processes_send_while_one_consumes_and_counts_add_up() {
     );
 }
 
+/// The next of the poller child's own lines (its test harness prints lines of its own).
+fn marker(lines: &mut std::io::Lines<BufReader<std::process::ChildStdout>>) -> String {
+    loop {
+        let line = lines.next().expect("child output").unwrap();
+        if let Some(at) = line.find("polling").or_else(|| line.find("got ")) {
+            return line[at..].to_string();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_in_another_process_wakes_on_send() {
     let (dir, engine) = fresh().await;
     let db = dir.path().join("nimbus.db");
     let mut child = spawn_child("poller", &db, Stdio::piped());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // The test harness of the child prints lines of its own around ours.
-    let mut next_line = move || loop {
-        let line = lines.next().expect("child output").unwrap();
-        if let Some(at) = line.find("polling").or_else(|| line.find("got ")) {
-            return line[at..].to_string();
-        }
-    };
-    assert_eq!(next_line(), "polling");
+    assert_eq!(marker(&mut lines), "polling");
     // The child is in its receive (or about to be: then it finds the message at once).
     tokio::time::sleep(Duration::from_millis(100)).await;
     let sent = Instant::now();
@@ -175,8 +178,15 @@ async fn a_long_poll_in_another_process_wakes_on_send() {
         .send(&queue(), OutgoingMessage::new("wake up"))
         .await
         .unwrap();
-    let got = tokio::task::spawn_blocking(next_line).await.unwrap();
-    let took = sent.elapsed();
+    let (got, took) = tokio::task::spawn_blocking(move || {
+        let got = marker(&mut lines);
+        let took = sent.elapsed();
+        // Read to the end: a closed pipe would fail the child's last lines.
+        lines.for_each(drop);
+        (got, took)
+    })
+    .await
+    .unwrap();
     assert_eq!(got, "got 1", "the child's long poll got the message");
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
