@@ -100,6 +100,25 @@ fn n(value: impl ToString) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
+impl DynamoLedger {
+    /// The version a successful put wrote, where the answer did not carry it. DynamoDB always
+    /// returns it (every put changes `ver`); moto, whose updates are not atomic, can answer a
+    /// put that raced another without it. The condition tells it where it can: an absent item
+    /// becomes version 1, a compare-and-swap from `e` version `e + 1`; an unconditional put
+    /// reads it back (then at least the version it wrote).
+    async fn version_after_put(&self, key: &ItemKey, condition: Condition, error: Error) -> Result<u64> {
+        tracing::warn!(key = %key, error = %error, "a ledger put's answer had no version");
+        match condition {
+            Condition::Absent => Ok(1),
+            Condition::Version(e) => Ok(e + 1),
+            Condition::Always => match self.get(key).await? {
+                Some(item) => Ok(item.version),
+                None => Err(error),
+            },
+        }
+    }
+}
+
 #[async_trait]
 impl Ledger for DynamoLedger {
     async fn put(&self, key: &ItemKey, value: Bytes, condition: Condition) -> Result<Option<u64>> {
@@ -115,6 +134,7 @@ impl Ledger for DynamoLedger {
                 AttributeValue::B(Blob::new(value.to_vec())),
             );
         }
+        let expected = condition;
         let condition = match condition {
             Condition::Always => None,
             Condition::Absent => Some("attribute_not_exists(pk)"),
@@ -137,7 +157,10 @@ impl Ledger for DynamoLedger {
             .await
             .map_err(|e| self.error("put", key, e));
         match result {
-            Ok(out) => Ok(Some(version(&out.attributes.unwrap_or_default())?)),
+            Ok(out) => match version(&out.attributes.unwrap_or_default()) {
+                Ok(v) => Ok(Some(v)),
+                Err(e) => self.version_after_put(key, expected, e).await.map(Some),
+            },
             Err(e) if condition_failed(&e) => Ok(None),
             Err(e) => Err(e),
         }
@@ -210,9 +233,18 @@ impl Ledger for DynamoLedger {
             .map_err(|e| self.error("add to", key, e))?;
         match number(&out.attributes.unwrap_or_default(), "c") {
             Some(counter) => Ok(counter),
-            // Adding 0 changes nothing, and some DynamoDB implementations then return nothing.
-            None if delta == 0 => Ok(self.get(key).await?.map_or(0, |item| item.counter)),
-            None => Err(malformed(format!("add to ledger item `{key}`"), "counter")),
+            // Adding 0 changes nothing, and some DynamoDB implementations then return nothing;
+            // moto, whose updates are not atomic, can leave it out of an add that raced another.
+            None => match self.get(key).await? {
+                Some(item) => {
+                    if delta != 0 {
+                        tracing::warn!(key = %key, "a ledger add's answer had no counter; read back");
+                    }
+                    Ok(item.counter)
+                }
+                None if delta == 0 => Ok(0),
+                None => Err(malformed(format!("add to ledger item `{key}`"), "counter")),
+            },
         }
     }
 
