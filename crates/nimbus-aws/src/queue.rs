@@ -43,16 +43,18 @@ struct QueueInfo {
 pub struct SqsQueue {
     clients: Arc<Clients>,
     known: Mutex<HashMap<QueueName, QueueInfo>>,
-    /// SQS receive calls one receive keeps in flight.
-    parallel_receives: usize,
+    /// SQS calls one receive or delete keeps in flight.
+    parallel_calls: usize,
 }
 
 impl SqsQueue {
     /// The queues of the deployment whose clients these are.
     pub fn new(clients: Arc<Clients>) -> Self {
-        // Emulators do not make a receive atomic across threads (moto hands one message to two
-        // concurrent calls and loses others), so against an endpoint override they go one by one.
-        let parallel_receives = if clients.endpoint().is_some() {
+        // Emulators are not atomic across threads: moto hands one message to two concurrent
+        // receives, and two concurrent deletes on one queue each rewrite its message list from
+        // what they read, so one undoes the other (the message comes back, in flight, though
+        // both calls succeeded). Against an endpoint override, calls on one queue go one by one.
+        let parallel_calls = if clients.endpoint().is_some() {
             1
         } else {
             PARALLEL_CALLS
@@ -60,7 +62,7 @@ impl SqsQueue {
         Self {
             clients,
             known: Mutex::new(HashMap::new()),
-            parallel_receives,
+            parallel_calls,
         }
     }
 
@@ -723,7 +725,7 @@ impl Queue for SqsQueue {
         let mut last_full = got.len() == wanted.min(SQS_BATCH);
         while last_full && got.len() < wanted {
             let remaining = wanted - got.len();
-            let asks: Vec<usize> = (0..remaining.div_ceil(SQS_BATCH).min(self.parallel_receives))
+            let asks: Vec<usize> = (0..remaining.div_ceil(SQS_BATCH).min(self.parallel_calls))
                 .map(|i| (remaining - i * SQS_BATCH).min(SQS_BATCH))
                 .collect();
             let answers = futures::future::join_all(
@@ -762,7 +764,7 @@ impl Queue for SqsQueue {
         // Every chunk is tried, whatever happens to the others; the first error is reported.
         let results: Vec<Result<()>> = futures::stream::iter(chunks)
             .map(|chunk| self.delete_chunk(queue, &info.url, chunk))
-            .buffer_unordered(PARALLEL_CALLS)
+            .buffer_unordered(self.parallel_calls)
             .collect()
             .await;
         results.into_iter().collect()
