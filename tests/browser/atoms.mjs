@@ -1,23 +1,10 @@
 // Fills the atom-effect calculator's form in headless Chromium, submits it, waits for the
 // progress bar to reach 100 % and the result with its picture, and saves screenshots.
 // Usage: node atoms.mjs URL OUTDIR
-import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
+import { PATIENT, start } from './lib.mjs';
 
-const [url, out] = process.argv.slice(2);
-if (!url || !out) { console.error('usage: node atoms.mjs URL OUTDIR'); process.exit(2); }
-mkdirSync(out, { recursive: true });
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync'],
-});
-// Waits are for results, bounded only so a broken page fails: a loaded machine is slow, not wrong.
-const PATIENT = 180000;
-const fail = async (msg) => { console.error('FAIL: ' + msg); await browser.close(); process.exit(1); };
+const { url, out, browser, page, fail } = await start('node atoms.mjs URL OUTDIR', { width: 1100, height: 1000 });
 try {
-  const page = await browser.newPage({ viewport: { width: 1100, height: 1000 } });
-  page.setDefaultTimeout(PATIENT);
   await page.goto(url);
   await page.fill('#grid', '48');
   await page.fill('#atoms', '2000');

@@ -1,22 +1,9 @@
 // Drops sample photos on the image page in headless Chromium and waits for each thumbnail's label.
 // Usage: node classify.mjs URL OUTDIR PHOTO...
-import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
+import { PATIENT, start } from './lib.mjs';
 
-const [url, out, ...photos] = process.argv.slice(2);
-if (!url || !out || photos.length === 0) { console.error('usage: node classify.mjs URL OUTDIR PHOTO...'); process.exit(2); }
-mkdirSync(out, { recursive: true });
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync'],
-});
-// Waits are for results, bounded only so a broken page fails: a loaded machine is slow, not wrong.
-const PATIENT = 180000;
-const fail = async (msg) => { console.error('FAIL: ' + msg); await browser.close(); process.exit(1); };
+const { url, out, rest: photos, browser, page, fail } = await start('node classify.mjs URL OUTDIR PHOTO...', { width: 1100, height: 900 }, true);
 try {
-  const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
-  page.setDefaultTimeout(PATIENT);
   await page.goto(url + '/classify');
   await page.setInputFiles('#files', photos);
   await page.waitForFunction((n) => {

@@ -16,19 +16,65 @@ use crate::AwsEngine;
 
 pub use crate::DEPLOYMENT_TAG;
 
+/// The cloud-init file that boots a worker image (deploy/aws/user-data.yaml); the worker's
+/// settings in it are replaced by each launch's.
+pub const USER_DATA: &str = include_str!("../../../deploy/aws/user-data.yaml");
+
+/// The machine a worker runs on: an image with `nimbus` installed, a size, a role, and the
+/// cloud-init file that starts the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    /// The AMI id.
+    pub image: String,
+    /// The instance type.
+    pub instance_type: String,
+    /// An IAM instance profile name or ARN.
+    pub profile: Option<String>,
+    /// The cloud-init user data; its `NIMBUS_ENGINE=`, `NIMBUS_BLOBS=` and
+    /// `NIMBUS_WORKER_ARGS=` lines are replaced with the launch's (see [`USER_DATA`]).
+    pub user_data: String,
+}
+
+impl Machine {
+    /// The user data that boots a worker running `spec`.
+    pub fn user_data_for(&self, spec: &LaunchSpec) -> String {
+        let args = spec.worker_args();
+        let settings = [
+            ("NIMBUS_ENGINE=", Some(spec.engine.clone())),
+            ("NIMBUS_BLOBS=", spec.blobs.clone()),
+            ("NIMBUS_WORKER_ARGS=", Some(args[1..].join(" "))),
+        ];
+        let mut out = String::with_capacity(self.user_data.len());
+        for line in self.user_data.lines() {
+            let trimmed = line.trim_start();
+            let indent = &line[..line.len() - trimmed.len()];
+            match settings.iter().find(|(key, _)| trimmed.starts_with(key)) {
+                Some((key, Some(value))) => out.push_str(&format!("{indent}{key}{value}")),
+                Some((_, None)) => continue,
+                None => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
 /// EC2 instances of one deployment.
 #[derive(Debug, Clone)]
 pub struct Ec2Provider {
     ec2: aws_sdk_ec2::Client,
     deployment: String,
+    machine: Machine,
 }
 
 impl Ec2Provider {
-    /// The instances tagged with `deployment`, in the engine's region and account.
-    pub fn new(engine: &AwsEngine, deployment: impl Into<String>) -> Self {
+    /// The instances tagged with `deployment`, in the engine's region and account, launched on
+    /// `machine`.
+    pub fn new(engine: &AwsEngine, deployment: impl Into<String>, machine: Machine) -> Self {
         Self {
             ec2: aws_sdk_ec2::Client::new(&engine.clients().sdk),
             deployment: deployment.into(),
+            machine,
         }
     }
 }
@@ -99,7 +145,8 @@ impl ComputeProvider for Ec2Provider {
             .ok()
             .filter(|&c| c >= 1)
             .ok_or_else(|| Error::invalid(format!("cannot launch {count} instances; 1 or more")))?;
-        let profile = spec.profile.as_ref().map(|p| {
+        let machine = &self.machine;
+        let profile = machine.profile.as_ref().map(|p| {
             let builder = IamInstanceProfileSpecification::builder();
             if p.starts_with("arn:") {
                 builder.arn(p).build()
@@ -115,16 +162,23 @@ impl ComputeProvider for Ec2Provider {
         let out = self
             .ec2
             .run_instances()
-            .image_id(&spec.image)
-            .instance_type(InstanceType::from(spec.instance_type.as_str()))
+            .image_id(&machine.image)
+            .instance_type(InstanceType::from(machine.instance_type.as_str()))
             .min_count(count)
             .max_count(count)
-            .user_data(aws_smithy_types::base64::encode(spec.user_data.as_bytes()))
+            .user_data(aws_smithy_types::base64::encode(
+                machine.user_data_for(spec).as_bytes(),
+            ))
             .set_iam_instance_profile(profile)
             .tag_specifications(tags)
             .send()
             .await
-            .map_err(|e| sdk_error(format!("launch {count} instances of `{}`", spec.image), e))?;
+            .map_err(|e| {
+                sdk_error(
+                    format!("launch {count} instances of `{}`", machine.image),
+                    e,
+                )
+            })?;
         Ok(out
             .instances
             .unwrap_or_default()
@@ -170,5 +224,46 @@ impl ComputeProvider for Ec2Provider {
             .await
             .map_err(|e| sdk_error(format!("terminate instances {ids:?}"), e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_carries_the_launch_intent() {
+        let machine = Machine {
+            image: "ami-1".into(),
+            instance_type: "t3.micro".into(),
+            profile: None,
+            user_data: USER_DATA.to_string(),
+        };
+        let spec = LaunchSpec {
+            engine: "aws://?region=eu-west-1&prefix=demo-".into(),
+            blobs: Some("s3://bucket/demo".into()),
+            queues: vec!["classify-requests".into()],
+            concurrency: 3,
+            exit_when_idle: None,
+            extra_args: vec![],
+        };
+        let data = machine.user_data_for(&spec);
+        assert!(data.starts_with("#cloud-config\n"), "{data}");
+        assert!(
+            data.contains("      NIMBUS_ENGINE=aws://?region=eu-west-1&prefix=demo-\n"),
+            "{data}"
+        );
+        assert!(
+            data.contains("      NIMBUS_BLOBS=s3://bucket/demo\n"),
+            "{data}"
+        );
+        assert!(
+            data.contains("      NIMBUS_WORKER_ARGS=--queue classify-requests --concurrency 3\n"),
+            "{data}"
+        );
+        assert!(
+            data.contains("nimbus-worker.service"),
+            "the rest is kept: {data}"
+        );
     }
 }

@@ -106,7 +106,12 @@ impl DynamoLedger {
     /// put that raced another without it. The condition tells it where it can: an absent item
     /// becomes version 1, a compare-and-swap from `e` version `e + 1`; an unconditional put
     /// reads it back (then at least the version it wrote).
-    async fn version_after_put(&self, key: &ItemKey, condition: Condition, error: Error) -> Result<u64> {
+    async fn version_after_put(
+        &self,
+        key: &ItemKey,
+        condition: Condition,
+        error: Error,
+    ) -> Result<u64> {
         tracing::warn!(key = %key, error = %error, "a ledger put's answer had no version");
         match condition {
             Condition::Absent => Ok(1),

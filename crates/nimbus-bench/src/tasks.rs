@@ -3,10 +3,10 @@
 //! processes on the embedded engine, beside the local thread pool.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nimbus_core::{Engine, QueueName, Result};
+use nimbus_scale::process::ProcessSet;
 use nimbus_worker::{Handlers, Worker, WorkerConfig};
 use nimbus_workloads::sessions;
 use nimbus_workloads::tasks::{
@@ -102,43 +102,32 @@ pub async fn in_process(engine: Engine, slots: usize, lines: &[String]) -> Resul
     elapsed
 }
 
-/// Worker processes of the `nimbus` binary at `exe` on the database at `db`; stopped on drop.
-pub struct WorkerProcesses(Vec<Child>);
+/// Worker processes of the `nimbus` binary at `exe` on the database at `db`, on the one process
+/// supervisor the local compute provider uses; stopped on drop.
+pub struct WorkerProcesses {
+    _processes: ProcessSet,
+}
 
 impl WorkerProcesses {
     /// Starts `count` workers with `concurrency` slots each.
     pub fn start(exe: &Path, db: &Path, count: usize, concurrency: usize) -> std::io::Result<Self> {
         let engine = format!("sqlite://{}", db.display());
-        let children = (0..count)
-            .map(|i| {
-                Command::new(exe)
-                    .args([
-                        "--engine",
-                        &engine,
-                        "worker",
-                        "--concurrency",
-                        &concurrency.to_string(),
-                    ])
-                    .args(["--worker-id", &format!("bench-{i}"), "--grace", "1s"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-            })
-            .collect::<std::io::Result<_>>()?;
-        Ok(Self(children))
-    }
-}
-
-impl Drop for WorkerProcesses {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        for child in &mut self.0 {
-            let _ = child.wait();
-        }
+        let set = ProcessSet::start(exe, count, Duration::from_secs(5), |i| {
+            [
+                "--engine",
+                &engine,
+                "worker",
+                "--concurrency",
+                &concurrency.to_string(),
+                "--worker-id",
+                &format!("bench-{i}"),
+                "--grace",
+                "1s",
+            ]
+            .map(String::from)
+            .to_vec()
+        })?;
+        Ok(Self { _processes: set })
     }
 }
 

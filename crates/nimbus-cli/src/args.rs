@@ -57,10 +57,72 @@ pub enum Command {
     /// Benchmarks; figures go to docs/benchmarks.md.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Grow and shrink the app tier with its queues: worker processes on this machine (local)
+    /// or EC2 instances, decided by a policy every interval. Ctrl-C stops it and, with the
+    /// local provider, the workers it launched.
+    Autoscale(AutoscaleArgs),
+    /// Elasticity: replay request traces against the scaling policies.
+    #[command(subcommand)]
+    Scale(ScaleCmd),
     /// Provision, inspect and remove a deployment on AWS (--engine aws://.. --blobs s3://..).
     #[cfg(feature = "aws")]
     #[command(subcommand)]
     Aws(AwsCmd),
+}
+
+/// `nimbus scale ...`.
+#[derive(Debug, Subcommand)]
+pub enum ScaleCmd {
+    /// Replay a trace (arrival and service times) against each policy with a model of start-up
+    /// times and billing; print completion times, instance-seconds and actions side by side.
+    Simulate(SimulateArgs),
+}
+
+/// `nimbus scale simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// A trace file: `arrival_seconds,service_seconds` a line (`#` comments).
+    #[arg(long, conflicts_with_all = ["burst", "generate"])]
+    pub trace: Option<PathBuf>,
+    /// N requests at once (the seeds sent 10, 50 and 100 images).
+    #[arg(long, conflicts_with = "generate")]
+    pub burst: Option<usize>,
+    /// A generated trace: burst-10, burst-50, burst-100, diurnal, spikes, trickle, or all.
+    #[arg(long)]
+    pub generate: Option<String>,
+    /// A policy to compare (repeatable): backlog, seed-001, seed-004; all of them by default.
+    #[arg(long = "policy")]
+    pub policies: Vec<String>,
+    /// The least active instances.
+    #[arg(long, default_value_t = 0)]
+    pub min: u32,
+    /// The most active instances (seed 001's cap).
+    #[arg(long, default_value_t = 19)]
+    pub max: u32,
+    /// Mean service time of a generated request (each is drawn within +-50 %).
+    #[arg(long, value_parser = duration, default_value = "2s")]
+    pub service: Duration,
+    /// From a launch to a working instance.
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    pub launch_time: Duration,
+    /// From a start of a stopped instance to a working one.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub start_time: Duration,
+    /// How often the policy decides.
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    pub interval: Duration,
+    /// Requests one instance serves at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: u32,
+    /// Write a chart per trace (SVG) into this directory.
+    #[arg(long)]
+    pub charts: Option<PathBuf>,
+    /// Write the (generated) traces into this directory, readable by --trace.
+    #[arg(long)]
+    pub write_traces: Option<PathBuf>,
+    /// Seed for the generated service times.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 /// `nimbus aws ...`: the deployment named by the engine URL's prefix.
@@ -107,20 +169,64 @@ pub struct WebArgs {
 /// Where the image model is.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// An ImageNet-style ONNX classifier taking [1, 3, 224, 224].
-    #[arg(
-        long,
-        env = "NIMBUS_MODEL",
-        default_value = "models/efficientnet-lite0.onnx"
-    )]
-    pub model: PathBuf,
-    /// Its labels, a JSON array of names in class order.
-    #[arg(
-        long,
-        env = "NIMBUS_LABELS",
-        default_value = "models/imagenet1k-labels.json"
-    )]
-    pub labels: PathBuf,
+    /// An ImageNet-style ONNX classifier taking [1, 3, 224, 224] (default:
+    /// models/efficientnet-lite0.onnx in the working directory, beside the executable, or in
+    /// the checkout nimbus was built from).
+    #[arg(long, env = "NIMBUS_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Its labels, a JSON array of names in class order (default: models/imagenet1k-labels.json,
+    /// found as the model is).
+    #[arg(long, env = "NIMBUS_LABELS")]
+    pub labels: Option<PathBuf>,
+}
+
+/// The model shipped with nimbus, relative to a `models/` folder's parent.
+const MODEL: &str = "models/efficientnet-lite0.onnx";
+const LABELS: &str = "models/imagenet1k-labels.json";
+
+impl ModelArgs {
+    /// The model's and labels' paths, absolute, so that workers started elsewhere find them too:
+    /// as given, or the first of the working directory, the executable's folder and its
+    /// parents, and the checkout this binary was built from that holds them.
+    pub fn resolve(&self) -> Result<(PathBuf, PathBuf), String> {
+        let absolute =
+            |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        for given in [&self.model, &self.labels].into_iter().flatten() {
+            if !given.is_file() {
+                return Err(format!("{} is not a file", given.display()));
+            }
+        }
+        if let (Some(model), Some(labels)) = (&self.model, &self.labels) {
+            return Ok((absolute(model), absolute(labels)));
+        }
+        let mut roots: Vec<PathBuf> = vec![PathBuf::from(".")];
+        if let Ok(exe) = std::env::current_exe() {
+            roots.extend(
+                exe.ancestors()
+                    .skip(1)
+                    .take(4)
+                    .map(std::path::Path::to_path_buf),
+            );
+        }
+        roots.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")));
+        let found = |relative: &str| roots.iter().map(|r| r.join(relative)).find(|p| p.is_file());
+        let model = match &self.model {
+            Some(m) => m.clone(),
+            None => found(MODEL).ok_or_else(|| {
+                format!("no {MODEL} in the working directory, beside the executable or in the checkout nimbus was built from")
+            })?,
+        };
+        let labels = match &self.labels {
+            Some(l) => l.clone(),
+            None => model
+                .parent()
+                .map(|dir| dir.join("imagenet1k-labels.json"))
+                .filter(|p| p.is_file())
+                .or_else(|| found(LABELS))
+                .ok_or_else(|| format!("no {LABELS} beside {}", model.display()))?,
+        };
+        Ok((absolute(&model), absolute(&labels)))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -132,6 +238,70 @@ pub struct UpArgs {
     /// Solver slots (default: the number of cores).
     #[arg(long)]
     pub solvers: Option<usize>,
+    #[command(flatten)]
+    pub scale: ScaleArgs,
+    /// Tasks each app-tier worker process runs at once.
+    #[arg(long, default_value_t = 4)]
+    pub worker_concurrency: usize,
+}
+
+/// How the app tier scales (`nimbus up`, `nimbus autoscale`).
+#[derive(Debug, Clone, Args)]
+pub struct ScaleArgs {
+    /// The scaling policy: backlog (target tracking on backlog per worker, the default),
+    /// seed-001 or seed-004.
+    #[arg(long, default_value = "backlog")]
+    pub policy: String,
+    /// Workers kept running however idle (warm).
+    #[arg(long, default_value_t = 1)]
+    pub min: u32,
+    /// The most workers (default: the number of cores).
+    #[arg(long)]
+    pub max: Option<u32>,
+    /// How long the work must stay lower before workers are taken away.
+    #[arg(long, value_parser = duration, default_value = "2m")]
+    pub idle: Duration,
+    /// Messages (waiting or in flight) one worker is meant to carry (default: its concurrency).
+    #[arg(long)]
+    pub per_instance: Option<f64>,
+    /// How often the autoscaler decides.
+    #[arg(long, value_parser = duration, default_value = "2s")]
+    pub interval: Duration,
+}
+
+/// `nimbus autoscale`.
+#[derive(Debug, Clone, Args)]
+pub struct AutoscaleArgs {
+    /// A queue whose work the fleet does (repeatable).
+    #[arg(long = "queue", required = true)]
+    pub queues: Vec<String>,
+    /// Where instances come from: local (`nimbus worker` processes on this machine) or ec2.
+    #[arg(long, default_value = "local")]
+    pub provider: String,
+    #[command(flatten)]
+    pub scale: ScaleArgs,
+    /// Tasks each worker runs at once.
+    #[arg(long, default_value_t = 4)]
+    pub worker_concurrency: usize,
+    /// A further argument for every worker, e.g. --worker-arg=--allow-exec='sleep .*'
+    /// (repeatable).
+    #[arg(long = "worker-arg", allow_hyphen_values = true)]
+    pub worker_args: Vec<String>,
+    /// The engine URL as the workers reach it (default: the --engine URL).
+    #[arg(long)]
+    pub worker_engine: Option<String>,
+    /// EC2: the worker image (an AMI with `nimbus` installed; see docs/aws.md).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// EC2: the instance type.
+    #[arg(long, default_value = "t3.small")]
+    pub instance_type: String,
+    /// EC2: the IAM instance profile of the workers.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// EC2: the deployment tag of the instances (default: the engine URL's prefix).
+    #[arg(long)]
+    pub deployment: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -163,6 +333,10 @@ pub struct WorkerArgs {
     /// Skip the ledger claim: at-least-once instead of effectively-once.
     #[arg(long)]
     pub no_dedup: bool,
+    /// Stop (cleanly) when the process that started this worker ends, even by kill -9: what an
+    /// autoscaler's local workers do.
+    #[arg(long)]
+    pub exit_with_parent: bool,
     #[command(flatten)]
     pub model: ModelArgs,
 }

@@ -163,6 +163,19 @@ pub async fn connect_aws(
     Ok((aws, location))
 }
 
+/// The AWS engine, where the arguments name one (`aws://`); `None` for another engine.
+#[cfg(feature = "aws")]
+pub async fn aws_engine(args: &EngineArgs) -> anyhow::Result<Option<nimbus_aws::AwsEngine>> {
+    match EngineUrl::parse(&args.engine)? {
+        EngineUrl::Aws {
+            region,
+            endpoint,
+            prefix,
+        } => Ok(Some(connect_aws(args, region, endpoint, prefix).await?.0)),
+        EngineUrl::Sqlite { .. } => Ok(None),
+    }
+}
+
 /// `--blobs file://DIR`, or `blobs/` beside the database.
 fn blob_dir(blobs: Option<&str>, db: &Path) -> anyhow::Result<PathBuf> {
     match blobs {

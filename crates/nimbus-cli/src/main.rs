@@ -42,6 +42,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(a) => cmd::worker::run(&cli.engine, a).await,
         Command::Tasks(c) => cmd::tasks::run(&cli.engine, c).await,
         Command::Bench(c) => cmd::bench::run(&cli.engine, c).await,
+        Command::Autoscale(a) => cmd::autoscale::run(&cli.engine, a).await,
+        Command::Scale(c) => cmd::scale::run(c),
         #[cfg(feature = "aws")]
         Command::Aws(c) => cmd::aws::run(&cli.engine, c).await,
     }
@@ -56,7 +58,10 @@ pub fn shutdown_on_signals() -> tokio_util::sync::CancellationToken {
     #[cfg(unix)]
     let signals = {
         use tokio::signal::unix::{signal, SignalKind};
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        )
     };
     tokio::spawn(async move {
         #[cfg(unix)]

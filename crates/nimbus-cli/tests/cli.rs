@@ -146,3 +146,91 @@ fn bad_input_gets_a_one_line_error_naming_it() {
     fails_with(d, &["queue", "delete", "q", "garbage"], "malformed");
     fails_with(d, &["ledger", "get", "p", "nothing"], "no item p/nothing");
 }
+
+#[test]
+fn scale_simulate_compares_the_policies_and_draws_the_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let charts = d.join("charts");
+    let out = ok(
+        d,
+        &[
+            "scale",
+            "simulate",
+            "--burst",
+            "50",
+            "--charts",
+            charts.to_str().unwrap(),
+            "--write-traces",
+            d.to_str().unwrap(),
+        ],
+    );
+    for policy in [
+        "| backlog | 50/50 |",
+        "| seed-001 | 50/50 |",
+        "| seed-004 | 50/50 |",
+    ] {
+        assert!(out.contains(policy), "{policy}: {out}");
+    }
+    let svg = std::fs::read_to_string(charts.join("burst-50.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("seed-001"), "{svg}");
+    // The written trace replays to the same table.
+    let again = ok(
+        d,
+        &[
+            "scale",
+            "simulate",
+            "--trace",
+            d.join("burst-50.csv").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        again.lines().skip(1).collect::<Vec<_>>(),
+        out.lines()
+            .skip(1)
+            .take(again.lines().count() - 1)
+            .collect::<Vec<_>>()
+    );
+    fails_with(
+        d,
+        &["scale", "simulate", "--policy", "nope"],
+        "no policy `nope`; the policies are backlog, seed-001, seed-004",
+    );
+    fails_with(
+        d,
+        &["scale", "simulate", "--generate", "x"],
+        "no generated trace `x`",
+    );
+    fails_with(
+        d,
+        &["scale", "simulate", "--min", "5", "--max", "2"],
+        "--min 5 is over --max 2",
+    );
+    std::fs::write(d.join("bad.csv"), "1,2\n3;4\n").unwrap();
+    fails_with(
+        d,
+        &[
+            "scale",
+            "simulate",
+            "--trace",
+            d.join("bad.csv").to_str().unwrap(),
+        ],
+        "line 2",
+    );
+    fails_with(
+        d,
+        &["autoscale", "--queue", "missing"],
+        "cannot watch queue `missing`",
+    );
+    ok(d, &["queue", "create", "q"]);
+    fails_with(
+        d,
+        &["autoscale", "--queue", "q", "--provider", "gce"],
+        "no provider `gce`",
+    );
+    fails_with(
+        d,
+        &["autoscale", "--queue", "q", "--policy", "magic"],
+        "no policy `magic`",
+    );
+}

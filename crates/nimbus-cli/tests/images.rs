@@ -13,9 +13,6 @@ use nimbus_core::{Queue, QueueName};
 mod common;
 use std::time::{Duration, Instant};
 
-const PHOTOS: &str = "/usr/lib/python3/dist-packages/skimage/data";
-const EXPECT: &str = "file,words\nchelsea.png,cat\ncoffee.png,espresso\nrocket.jpg,missile\nmotorcycle_left.png,moped\ncamera.png,tripod\n";
-
 fn nimbus(db: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nimbus"));
     c.arg("--engine")
@@ -28,19 +25,16 @@ fn nimbus(db: &Path) -> Command {
 fn a_hundred_requests_are_all_answered_correctly_although_a_worker_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("nimbus.db");
-    let images = dir.path().join("images");
-    std::fs::create_dir(&images).unwrap();
-    for name in [
-        "chelsea.png",
-        "coffee.png",
-        "rocket.jpg",
-        "motorcycle_left.png",
-        "camera.png",
-    ] {
-        std::fs::copy(Path::new(PHOTOS).join(name), images.join(name))
-            .expect("python3-skimage sample photos (./scripts/test.sh installs them)");
-    }
-    std::fs::write(dir.path().join("expect.csv"), EXPECT).unwrap();
+    common::photos(
+        dir.path(),
+        &[
+            ("chelsea.png", "cat"),
+            ("coffee.png", "espresso"),
+            ("rocket.jpg", "missile"),
+            ("motorcycle_left.png", "moped"),
+            ("camera.png", "tripod"),
+        ],
+    );
     let mut web = Killed(
         nimbus(&db)
             .args(["web", "--port", "0"])
@@ -77,24 +71,7 @@ fn a_hundred_requests_are_all_answered_correctly_although_a_worker_is_killed() {
     // The victim works alone at first, so it certainly holds requests when it dies; the survivor
     // starts after, and must also finish what the victim had in flight.
     let mut victim = worker("victim");
-    let bench = nimbus(&db)
-        .args([
-            "bench",
-            "classify",
-            "--url",
-            &url,
-            "--requests",
-            "100",
-            "--concurrency",
-            "100",
-            // As long as the web tier lets a request wait: a loaded machine answers late.
-            "--wait",
-            "120",
-        ])
-        .arg("--images")
-        .arg(&images)
-        .arg("--expect")
-        .arg(dir.path().join("expect.csv"))
+    let bench = common::bench_classify(&url, dir.path(), 100)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -1,53 +1,18 @@
 //! `nimbus up` as a user runs it: the GUI in headless Chromium (form, progress bar to 100 %,
-//! result and picture), and a kill -9 in the middle of a job after which `nimbus up` finishes it.
+//! result and picture; the image page; the fleet page's charts), and a kill -9 in the middle of
+//! a job after which `nimbus up` finishes it.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// `nimbus up` on a data directory, at any free port.
-struct Up {
-    child: Child,
-    url: String,
-}
+use common::Up;
 
-impl Up {
-    fn start(data: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
-            .args([
-                "--engine",
-                &format!("sqlite://{}/nimbus.db", data.display()),
-                "up",
-                "--port",
-                "0",
-            ])
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line.trim().trim_end_matches('/').to_string();
-        assert!(
-            url.starts_with("http://127.0.0.1:"),
-            "nimbus up printed {line:?}"
-        );
-        Self { child, url }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn checkout() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn curl(args: &[&str]) -> serde_json::Value {
@@ -69,7 +34,7 @@ fn run_browser_script(script: &str, args: &[String]) -> (String, PathBuf) {
         "the browser tests need Debian's chromium and playwright-core: run ./scripts/test.sh, which installs them"
     );
     let data = tempfile::tempdir().unwrap();
-    let up = Up::start(data.path());
+    let up = Up::start(data.path(), &checkout(), &[]);
     let shots = output_dir("browser");
     let out = Command::new("node")
         .arg(browser_dir.join(script))
@@ -112,9 +77,16 @@ fn the_image_page_labels_dropped_photos_in_headless_chromium() {
 }
 
 #[test]
+fn the_fleet_page_charts_the_app_tier_in_headless_chromium() {
+    let (report, shots) = run_browser_script("fleet.mjs", &[]);
+    assert!(report.contains("ok: policy backlog"), "{report}");
+    assert!(shots.join("fleet.png").exists() && shots.join("queues.png").exists());
+}
+
+#[test]
 fn a_job_cut_by_kill_9_finishes_after_nimbus_up_restarts() {
     let data = tempfile::tempdir().unwrap();
-    let up = Up::start(data.path());
+    let up = Up::start(data.path(), &checkout(), &[]);
     let job = curl(&[
         "-XPOST",
         &format!("{}/api/v1/jobs", up.url),
@@ -141,7 +113,7 @@ fn a_job_cut_by_kill_9_finishes_after_nimbus_up_restarts() {
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(up); // SIGKILL
-    let up = Up::start(data.path());
+    let up = Up::start(data.path(), &checkout(), &[]);
     let finished = loop {
         let j = curl(&[&status_url(&up)]);
         if j["state"] == "succeeded" {
@@ -164,7 +136,7 @@ fn a_job_cut_by_kill_9_finishes_after_nimbus_up_restarts() {
 #[test]
 fn ctrl_c_stops_nimbus_up_cleanly() {
     let data = tempfile::tempdir().unwrap();
-    let mut up = Up::start(data.path());
+    let mut up = Up::start(data.path(), &checkout(), &[]);
     let health = Command::new("curl")
         .args(["-sS", &format!("{}/healthz", up.url)])
         .output()

@@ -159,7 +159,12 @@ async fn kill_9_of_a_worker_mid_batch_loses_nothing_and_runs_nothing_twice() {
         true,
     );
     let mut others: Vec<Child> = (1..4)
-        .map(|i| env.worker(&[&allow[..], &["--worker-id", &format!("w{i}")]].concat(), false))
+        .map(|i| {
+            env.worker(
+                &[&allow[..], &["--worker-id", &format!("w{i}")]].concat(),
+                false,
+            )
+        })
         .collect();
     let session = stdout(&env.run(&["tasks", "submit", "workload.txt"]));
 

@@ -525,7 +525,11 @@ pub async fn batch_limits_and_bad_input_are_refused(h: &Harness) {
     // handing out all of it would measure a slow server, not the batch limit.
     let part = 100;
     let got = collect(h, &q, part, h.ticks(60)).await;
-    assert_eq!(got.len(), part, "a receive hands out a part of a large queue");
+    assert_eq!(
+        got.len(),
+        part,
+        "a receive hands out a part of a large queue"
+    );
     let receipts: Vec<_> = got.iter().map(|d| d.receipt.clone()).collect();
     queue.delete_batch(&q, &receipts).await.unwrap();
     assert_depth(

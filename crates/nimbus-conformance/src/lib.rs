@@ -1,8 +1,10 @@
 //! The conformance suite every nimbus engine must pass, written once (quickwit's
 //! `storage_test_suite` pattern): an engine's tests call [`conformance_suite!`] with an async
-//! function that builds a fresh [`Harness`], and get one test per case.
+//! function that builds a fresh [`Harness`], and get one test per case. Compute providers have
+//! theirs in [`compute`].
 
 pub mod cases;
+pub mod compute;
 
 use std::any::Any;
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! and terminated by the autoscaler (EC2, or worker processes on this machine).
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
@@ -50,17 +50,45 @@ pub struct Instance {
     pub launched_at: Option<SystemTime>,
 }
 
-/// What to launch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What an instance runs, said once as intent: a `nimbus worker` on these queues against this
+/// engine. Each provider renders it: a command line for a process on this machine, cloud-init
+/// user data for an EC2 instance.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LaunchSpec {
-    /// The machine image (an AMI id on EC2).
-    pub image: String,
-    /// The machine size (an instance type on EC2).
-    pub instance_type: String,
-    /// The role the machine acts as (an IAM instance profile name or ARN on EC2).
-    pub profile: Option<String>,
-    /// The boot script (cloud-init user data) that starts the worker.
-    pub user_data: String,
+    /// The engine URL, as the instance reaches it (`sqlite://PATH`, `aws://?...`).
+    pub engine: String,
+    /// The blob store URL, where not beside the engine.
+    pub blobs: Option<String>,
+    /// The queues the worker receives from.
+    pub queues: Vec<String>,
+    /// Tasks it runs at once.
+    pub concurrency: usize,
+    /// The worker stops itself after this long without work (seed 001's app tier does).
+    pub exit_when_idle: Option<Duration>,
+    /// Further `nimbus worker` arguments, as given (`--allow-exec PATTERN`, `--model PATH`).
+    pub extra_args: Vec<String>,
+}
+
+impl LaunchSpec {
+    /// The `nimbus` arguments after the global ones: `worker --queue Q ... --concurrency N ...`.
+    pub fn worker_args(&self) -> Vec<String> {
+        let mut args = vec!["worker".to_string()];
+        for q in &self.queues {
+            args.extend(["--queue".to_string(), q.clone()]);
+        }
+        args.extend([
+            "--concurrency".to_string(),
+            self.concurrency.max(1).to_string(),
+        ]);
+        if let Some(idle) = self.exit_when_idle {
+            args.extend([
+                "--exit-when-idle".to_string(),
+                format!("{}ms", idle.as_millis()),
+            ]);
+        }
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
 }
 
 /// Machines of one deployment (the provider knows which: a tag on EC2).
@@ -69,15 +97,17 @@ pub trait ComputeProvider: Send + Sync {
     /// The deployment's instances that are not terminated, sorted by id.
     async fn list(&self) -> Result<Vec<Instance>>;
 
-    /// Launches `count` instances of `spec`, tagged as the deployment's; returns their ids.
+    /// Launches `count` (1 or more) instances running `spec`, as the deployment's; returns their
+    /// ids.
     async fn launch(&self, spec: &LaunchSpec, count: u32) -> Result<Vec<String>>;
 
-    /// Starts stopped instances.
+    /// Starts stopped instances again, running what they were launched with.
     async fn start(&self, ids: &[String]) -> Result<()>;
 
-    /// Stops running instances (they keep their disk).
+    /// Stops running instances gracefully (a worker finishes or gives back its tasks); they keep
+    /// their disk and start again faster than a launch.
     async fn stop(&self, ids: &[String]) -> Result<()>;
 
-    /// Terminates instances.
+    /// Terminates instances: they are gone once their worker has stopped.
     async fn terminate(&self, ids: &[String]) -> Result<()>;
 }

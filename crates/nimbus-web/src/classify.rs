@@ -126,6 +126,11 @@ async fn run(
     images: Vec<(String, Bytes)>,
     wait: Duration,
 ) -> Result<Response, ApiError> {
+    if let Some(reason) = &state.config.classify_off {
+        return Err(ApiError::unavailable(format!(
+            "image recognition is off on this deployment: {reason}"
+        )));
+    }
     if images.is_empty() {
         return Err(ApiError::bad_request(
             "no image in the request: send one as the body, or several as multipart form data",

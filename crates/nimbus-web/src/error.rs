@@ -47,6 +47,15 @@ impl ApiError {
         }
     }
 
+    /// A 503 saying why the service is not there (a job kind no worker of this deployment
+    /// serves).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+        }
+    }
+
     /// The status.
     pub fn status(&self) -> StatusCode {
         self.status

@@ -6,6 +6,7 @@ mod api;
 mod classify;
 mod error;
 pub mod events;
+mod fleet;
 mod metrics;
 pub mod openapi;
 mod pages;
@@ -43,6 +44,10 @@ pub struct WebConfig {
     pub classify_wait: Duration,
     /// The longest wait a client may ask for.
     pub max_classify_wait: Duration,
+    /// Why no worker of this deployment classifies images, where that is known (`nimbus up`
+    /// without its model): classify requests then get a 503 saying so instead of waiting in a
+    /// queue nothing serves.
+    pub classify_off: Option<String>,
 }
 
 impl Default for WebConfig {
@@ -55,6 +60,7 @@ impl Default for WebConfig {
             max_upload_bytes: 100 * 1024 * 1024,
             classify_wait: Duration::from_secs(30),
             max_classify_wait: Duration::from_secs(120),
+            classify_off: None,
         }
     }
 }
@@ -130,6 +136,11 @@ pub fn router(state: AppState) -> Router {
             post(classify::upload).layer(DefaultBodyLimit::max(image_upload_limit)),
         )
         .route("/classify", get(pages::classify_page))
+        .route("/fleet", get(fleet::fleet_page))
+        .route("/queues", get(fleet::queues_page))
+        .route("/api/v1/fleet", get(fleet::fleet))
+        .route("/api/v1/queues", get(fleet::queues))
+        .route("/api/v1/queues/{name}/redrive", post(fleet::redrive))
         .fallback(|| async {
             ApiError::not_found("no such page or endpoint; see /api/v1/openapi.json")
         })

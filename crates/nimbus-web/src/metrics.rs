@@ -120,7 +120,33 @@ pub async fn render(state: &AppState) -> String {
             }
         }
     }
+    render_fleet(state, &mut out).await;
     out
+}
+
+/// The autoscaler's fleet as it last reported: instances by state.
+async fn render_fleet(state: &AppState, out: &mut String) {
+    let Ok(Some(fleet)) = nimbus_scale::FleetStatus::read(state.store.engine()).await else {
+        return;
+    };
+    let Some(last) = fleet.samples.last() else {
+        return;
+    };
+    out.push_str("# HELP nimbus_fleet_instances The autoscaler's instances by state.\n# TYPE nimbus_fleet_instances gauge\n");
+    for (name, n) in [
+        ("pending", last.pending),
+        ("running", last.running),
+        ("stopping", last.stopping),
+        ("stopped", last.stopped),
+    ] {
+        let _ = writeln!(
+            out,
+            "nimbus_fleet_instances{{policy=\"{}\",state=\"{name}\"}} {n}",
+            fleet.policy
+        );
+    }
+    out.push_str("# HELP nimbus_fleet_decisions Scaling decisions that did something, among the last kept.\n# TYPE nimbus_fleet_decisions gauge\n");
+    let _ = writeln!(out, "nimbus_fleet_decisions {}", fleet.decisions.len());
 }
 
 fn write_depth(out: &mut String, q: &QueueName, state: &str, n: u64) {

@@ -64,9 +64,31 @@ pub fn document() -> Value {
                         "202": { "description": "Not labelled yet: the job to poll (Location header)" },
                         "400": error_response("No image, an unreadable or empty image (the file is named)"),
                         "413": error_response("An image over the size or pixel limits (the file is named)"),
-                        "422": error_response("An image the worker could not decode (the file is named)")
+                        "422": error_response("An image the worker could not decode (the file is named)"),
+                        "503": error_response("No worker of this deployment classifies images (the reason is given)")
                     }
                 }
+            },
+            "/api/v1/fleet": {
+                "get": { "summary": "The autoscaler's fleet: policy, instances with state and age, recent decisions with their reasons, instances and queue depths over time",
+                         "responses": { "200": { "description": "The fleet as the autoscaler last published it", "content": { "application/json": { "schema": { "type": "object",
+                             "properties": { "policy": { "type": "string" }, "queues": { "type": "array", "items": { "type": "string" } }, "updated_ms": { "type": "integer" },
+                                             "instances": { "type": "array", "items": { "type": "object", "properties": { "id": { "type": "string" }, "state": { "type": "string" }, "age_s": { "type": "integer" } } } },
+                                             "decisions": { "type": "array", "items": { "type": "object", "properties": { "at_ms": { "type": "integer" }, "actions": { "type": "array", "items": { "type": "string" } }, "reason": { "type": "string" }, "errors": { "type": "array", "items": { "type": "string" } } } } },
+                                             "samples": { "type": "array", "items": { "type": "object" } }, "last_error": { "type": ["string", "null"] } } } } } },
+                                        "404": error_response("No autoscaler has reported to this engine") } }
+            },
+            "/api/v1/queues": {
+                "get": { "summary": "Every queue: depth (visible, in flight, delayed) and its dead-letter queue",
+                         "responses": { "200": { "description": "Queues", "content": { "application/json": { "schema": { "type": "array", "items": { "type": "object",
+                             "properties": { "name": { "type": "string" }, "visible": { "type": "integer" }, "in_flight": { "type": "integer" }, "delayed": { "type": "integer" },
+                                             "dead_letter": { "type": ["string", "null"] }, "max_receives": { "type": ["integer", "null"] } } } } } } } } }
+            },
+            "/api/v1/queues/{name}/redrive": {
+                "post": { "summary": "Move the messages of the queue's dead-letter queue back to it (at most 10,000 a call)",
+                          "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[A-Za-z0-9_-]{1,80}(\\.fifo)?$" } }],
+                          "responses": { "200": { "description": "How many were moved, and from where", "content": { "application/json": { "schema": { "type": "object", "properties": { "moved": { "type": "integer" }, "from": { "type": "string" } } } } } },
+                                         "400": error_response("A bad queue name, or a queue without a dead-letter queue"), "404": error_response("No such queue") } }
             },
             "/api/v1/upload": {
                 "post": {

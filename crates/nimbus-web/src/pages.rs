@@ -44,13 +44,16 @@ th { color:var(--muted); font-weight:600; }
 img.plane { width:100%; max-width:420px; image-rendering:pixelated; border-radius:6px; border:1px solid var(--line); }
 .error { color:var(--bad); font-weight:600; }
 code { background:#eef1f8; padding:1px 5px; border-radius:4px; }
+svg.chart { width:100%; height:auto; background:#fbfcfe; border:1px solid var(--line); border-radius:6px; }
+button:disabled { background:#c8cedb; cursor:default; }
 "#;
 
-fn page(title: &str, body: &str) -> Html<String> {
+/// A page of the GUI: `body` inside the common header and style.
+pub fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'>\
          <title>{title} · nimbus</title><style>{STYLE}</style></head><body>\
-         <header><a href='/'>nimbus</a><span>elastic, queue-driven computing</span><nav><a href='/'>atoms</a><a href='/classify'>images</a></nav></header><main>{body}</main></body></html>"
+         <header><a href='/'>nimbus</a><span>elastic, queue-driven computing</span><nav><a href='/'>atoms</a><a href='/classify'>images</a><a href='/fleet'>fleet</a><a href='/queues'>queues</a></nav></header><main>{body}</main></body></html>"
     ))
 }
 

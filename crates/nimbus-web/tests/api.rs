@@ -435,3 +435,123 @@ async fn over_a_real_socket_on_port_0() {
     check_stream(&parse_sse(events.into_body()).await, &id, 30, 700, 4);
     serving.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queues_view_shows_depths_and_a_redrive_moves_dead_letters_back() {
+    use nimbus_core::{DeadLetter, OutgoingMessage, QueueName, QueueOptions, ReceiveRequest};
+    let p = platform(WebConfig::default(), false).await;
+    let (status, v) = call(&p.app, "GET", "/api/v1/fleet", None, Body::empty()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no autoscaler yet: {v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("no autoscaler"),
+        "{v}"
+    );
+
+    let (work, dead) = (
+        QueueName::new("work").unwrap(),
+        QueueName::new("work-dead").unwrap(),
+    );
+    let q = &p.engine.queue;
+    q.create_queue(&dead, &QueueOptions::default())
+        .await
+        .unwrap();
+    let options = QueueOptions {
+        dead_letter: Some(DeadLetter {
+            queue: dead.clone(),
+            max_receives: 1,
+        }),
+        ..QueueOptions::default()
+    };
+    q.create_queue(&work, &options).await.unwrap();
+    let poison = OutgoingMessage::new("poison").attribute("kind", "task");
+    q.send_batch(&work, vec![poison.clone(), poison])
+        .await
+        .unwrap();
+    // Received once and never deleted: the next receive moves both to the dead-letter queue.
+    let request = ReceiveRequest::new(10).visibility(Duration::ZERO);
+    assert_eq!(q.receive(&work, request).await.unwrap().len(), 2);
+    assert!(q.receive(&work, request).await.unwrap().is_empty());
+
+    let (status, v) = call(&p.app, "GET", "/api/v1/queues", None, Body::empty()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let row = |v: &Value, name: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(row(&v, "work")["dead_letter"], "work-dead");
+    assert_eq!(row(&v, "work")["max_receives"], 1);
+    assert_eq!(row(&v, "work-dead")["visible"], 2, "{v}");
+
+    let (status, v) = call(
+        &p.app,
+        "POST",
+        "/api/v1/queues/work/redrive",
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        (status, v["moved"].as_u64(), v["from"].as_str()),
+        (StatusCode::OK, Some(2), Some("work-dead")),
+        "{v}"
+    );
+    let back = q.receive(&work, ReceiveRequest::new(10)).await.unwrap();
+    assert_eq!(back.len(), 2, "both are back");
+    assert_eq!(
+        back[0].attributes.get("kind").map(String::as_str),
+        Some("task"),
+        "attributes kept"
+    );
+    assert_eq!(
+        q.depth(&dead).await.unwrap(),
+        Default::default(),
+        "the dead-letter queue is empty"
+    );
+
+    let (status, v) = call(
+        &p.app,
+        "POST",
+        "/api/v1/queues/work-dead/redrive",
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("has no dead-letter queue"),
+        "{v}"
+    );
+    let (status, v) = call(
+        &p.app,
+        "POST",
+        "/api/v1/queues/nope/redrive",
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    let (status, v) = call(
+        &p.app,
+        "POST",
+        "/api/v1/queues/bad%20name/redrive",
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    for page in ["/fleet", "/queues"] {
+        let (status, v) = call(&p.app, "GET", page, None, Body::empty()).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(
+            v.as_str().unwrap().contains("<svg") || page == "/queues",
+            "{page}"
+        );
+    }
+}

@@ -268,8 +268,9 @@ async fn model_bench(
     use nimbus_workloads::classify::model::Classifier;
     anyhow::ensure!(runs > 0, "--runs must be at least 1");
     let bytes = std::fs::read(image).with_context(|| format!("cannot read {}", image.display()))?;
+    let (model, labels) = model.resolve().map_err(anyhow::Error::msg)?;
     let started = std::time::Instant::now();
-    let classifier = Classifier::load(&model.model, &model.labels).map_err(anyhow::Error::msg)?;
+    let classifier = Classifier::load(&model, &labels).map_err(anyhow::Error::msg)?;
     let load = started.elapsed();
     classifier.time_inference(&bytes, 5)?;
     let mut times: Vec<f64> = classifier
@@ -281,7 +282,7 @@ async fn model_bench(
     let top = classifier.classify(&bytes, 1)?;
     println!(
         "model {}, image {} (top label: {})\n",
-        model.model.display(),
+        model.display(),
         image.display(),
         top[0].label
     );
@@ -292,7 +293,7 @@ async fn model_bench(
         "| nimbus (tract-onnx) | 1 | {:.0} ms | {tract:.2} ms |",
         load.as_secs_f64() * 1e3
     );
-    let model_path = model.model.display().to_string();
+    let model_path = model.display().to_string();
     match run_peer("onnxruntime_peer.py", &[&model_path, &runs.to_string()]).await {
         Ok(text) => {
             let field = |name: &str| {

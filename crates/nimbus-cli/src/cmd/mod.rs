@@ -1,10 +1,12 @@
 //! One module per subcommand group.
 
+pub mod autoscale;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod bench;
 pub mod ledger;
 pub mod queue;
+pub mod scale;
 pub mod tasks;
 pub mod topic;
 pub mod up;

@@ -1,16 +1,19 @@
-//! `nimbus up` (the whole platform in one process) and `nimbus web` (the web tier alone).
+//! `nimbus up` (the whole platform from one command: web tier, atoms pipeline, and the app
+//! tier of image recognition and tasks scaled by the autoscaler) and `nimbus web` (the web tier
+//! alone).
 
 use std::time::Duration;
 
 use anyhow::Context;
-use nimbus_core::{Engine, QueueName};
+use nimbus_core::{Engine, LaunchSpec, QueueName};
+use nimbus_scale::AutoscalerConfig;
 use nimbus_web::{AppState, WebConfig};
 use nimbus_worker::{Worker, WorkerConfig};
 use nimbus_workloads::atoms::{self, Limits};
 use nimbus_workloads::tasks::{ExecPolicy, TASKS_QUEUE};
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{EngineArgs, UpArgs, WebArgs};
+use crate::args::{EngineArgs, ModelArgs, UpArgs, WebArgs};
 use crate::cmd::worker::{all_handlers, default_worker_id};
 use crate::engine_url;
 
@@ -28,6 +31,7 @@ async fn start_web(
     engine: &Engine,
     args: &WebArgs,
     shutdown: &CancellationToken,
+    classify_off: Option<String>,
 ) -> anyhow::Result<(AppState, tokio::net::TcpListener, Pump)> {
     let limits = Limits {
         max_grid: args.max_grid,
@@ -38,6 +42,8 @@ async fn start_web(
         engine.clone(),
         WebConfig {
             limits,
+            replica: format!("web-{}", queue_safe(&default_worker_id())),
+            classify_off,
             ..WebConfig::default()
         },
     );
@@ -56,49 +62,142 @@ fn announce(listener: &tokio::net::TcpListener, what: &str) -> anyhow::Result<()
 pub async fn web(engine: &EngineArgs, args: WebArgs) -> anyhow::Result<()> {
     let shutdown = crate::shutdown_on_signals();
     let engine = engine_url::open(engine).await?;
-    let (state, listener, pump) = start_web(&engine, &args, &shutdown).await?;
+    let (state, listener, pump) = start_web(&engine, &args, &shutdown, None).await?;
     announce(&listener, " web tier")?;
     nimbus_web::serve(listener, state, shutdown).await?;
     pump.await?;
     Ok(())
 }
 
-pub async fn up(engine: &EngineArgs, args: UpArgs) -> anyhow::Result<()> {
+/// `name` with every character a queue name may not hold as `-`, at most 60 characters.
+fn queue_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(60)
+        .collect()
+}
+
+/// The image model for the app tier's workers, or why image recognition is off.
+fn model_for_workers(model: &ModelArgs) -> Result<Vec<String>, String> {
+    if !cfg!(feature = "classify") {
+        return Err(
+            "this nimbus was built without image classification (cargo feature `classify`)".into(),
+        );
+    }
+    let (model, labels) = model.resolve()?;
+    check_model(&model, &labels)?;
+    Ok(vec![
+        "--model".to_string(),
+        model.display().to_string(),
+        "--labels".to_string(),
+        labels.display().to_string(),
+    ])
+}
+
+/// Loads the model once, so that workers are not started on one they cannot load.
+#[cfg(feature = "classify")]
+fn check_model(model: &std::path::Path, labels: &std::path::Path) -> Result<(), String> {
+    nimbus_workloads::classify::model::Classifier::load(model, labels).map(drop)
+}
+
+#[cfg(not(feature = "classify"))]
+fn check_model(_: &std::path::Path, _: &std::path::Path) -> Result<(), String> {
+    Ok(())
+}
+
+pub async fn up(engine_args: &EngineArgs, args: UpArgs) -> anyhow::Result<()> {
     let shutdown = crate::shutdown_on_signals();
-    let engine = engine_url::open(engine).await?;
-    let (state, listener, pump) = start_web(&engine, &args.web, &shutdown).await?;
-    nimbus_workloads::sessions::ensure_queue(&engine, &QueueName::new(TASKS_QUEUE)?).await?;
+    let engine = engine_url::open(engine_args).await?;
+    let model = model_for_workers(&args.model);
+    if let Err(reason) = &model {
+        eprintln!("warning: image recognition is off: {reason} (pass --model and --labels)");
+    }
+    let (state, listener, pump) =
+        start_web(&engine, &args.web, &shutdown, model.as_ref().err().cloned()).await?;
+    let atoms_pipeline = tokio::spawn(atoms_worker(&engine, &args)?.run(shutdown.clone()));
+    let tier =
+        tokio::spawn(app_tier(engine.clone(), engine_args, &args, model, shutdown.clone()).await?);
+    announce(&listener, "")?;
+    nimbus_web::serve(listener, state, shutdown.clone()).await?;
+    shutdown.cancel();
+    atoms_pipeline.await??;
+    tier.await??;
+    pump.await?;
+    eprintln!("nimbus stopped; unfinished jobs resume on the next `nimbus up`");
+    Ok(())
+}
+
+/// The atom generator and solvers, in this process (one solver per core).
+fn atoms_worker(engine: &Engine, args: &UpArgs) -> anyhow::Result<Worker> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let config = WorkerConfig {
         worker_id: format!("up-{}", default_worker_id()),
-        queues: [
-            atoms::GENERATE,
-            atoms::SOLVE,
-            nimbus_workloads::classify::REQUESTS,
-            TASKS_QUEUE,
-        ]
-        .into_iter()
-        .map(QueueName::new)
-        .collect::<Result<_, _>>()?,
+        queues: [atoms::GENERATE, atoms::SOLVE]
+            .into_iter()
+            .map(QueueName::new)
+            .collect::<Result<_, _>>()?,
         concurrency: args.solvers.unwrap_or(cores).max(1) + 1,
         visibility: Duration::from_secs(10),
         poll_wait: Duration::from_millis(500),
         ..WorkerConfig::default()
     };
-    let handlers = match all_handlers(&engine, ExecPolicy::default(), &args.model, true) {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("warning: image recognition is off: {e:#}");
-            all_handlers(&engine, ExecPolicy::default(), &args.model, false)?
-        }
+    let handlers = all_handlers(engine, ExecPolicy::default(), &args.model, false)?;
+    Ok(Worker::new(engine.clone(), handlers, config))
+}
+
+/// Image recognition and tasks: `nimbus worker` processes on this machine, as many as the
+/// autoscaler decides (a warm minimum, at most one per core by default).
+async fn app_tier(
+    engine: Engine,
+    engine_args: &EngineArgs,
+    args: &UpArgs,
+    model: Result<Vec<String>, String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
+    let mut queues = vec![TASKS_QUEUE.to_string()];
+    let mut extra_args = vec!["--exit-with-parent".to_string()];
+    if let Ok(model_args) = model {
+        queues.insert(0, nimbus_workloads::classify::REQUESTS.to_string());
+        extra_args.extend(model_args);
+    }
+    let names = queues
+        .iter()
+        .map(|q| QueueName::new(q.as_str()))
+        .collect::<Result<Vec<_>, _>>()?;
+    for q in &names {
+        nimbus_workloads::sessions::ensure_queue(&engine, q).await?;
+    }
+    anyhow::ensure!(
+        args.worker_concurrency >= 1,
+        "--worker-concurrency must be at least 1"
+    );
+    let policy = crate::cmd::autoscale::policy(&args.scale, args.worker_concurrency)?;
+    let spec = LaunchSpec {
+        engine: engine_args.engine.clone(),
+        blobs: engine_args.blobs.clone(),
+        queues,
+        concurrency: args.worker_concurrency,
+        exit_when_idle: policy.self_stop(),
+        extra_args,
     };
-    let worker = Worker::new(engine.clone(), handlers, config);
-    let workers = tokio::spawn(worker.run(shutdown.clone()));
-    announce(&listener, "")?;
-    nimbus_web::serve(listener, state, shutdown.clone()).await?;
-    shutdown.cancel();
-    workers.await??;
-    pump.await?;
-    eprintln!("nimbus stopped; unfinished jobs resume on the next `nimbus up`");
-    Ok(())
+    let local = crate::cmd::autoscale::local_provider()?;
+    let config = AutoscalerConfig {
+        queues: names,
+        spec,
+        interval: args.scale.interval,
+    };
+    Ok(crate::cmd::autoscale::run_loop(
+        engine,
+        local.clone(),
+        Some(local),
+        policy,
+        config,
+        shutdown,
+    ))
 }

@@ -12,6 +12,9 @@ use crate::engine_url;
 
 pub async fn run(engine: &EngineArgs, args: WorkerArgs) -> anyhow::Result<()> {
     let shutdown = crate::shutdown_on_signals();
+    if args.exit_with_parent {
+        stop_with_parent(shutdown.clone());
+    }
     let engine = engine_url::open(engine).await?;
     let policy = match &args.allow_exec {
         Some(pattern) => ExecPolicy::allow(pattern).map_err(anyhow::Error::msg)?,
@@ -47,14 +50,34 @@ pub async fn run(engine: &EngineArgs, args: WorkerArgs) -> anyhow::Result<()> {
         .any(|q| q == nimbus_workloads::classify::REQUESTS);
     let handlers = all_handlers(&engine, policy, &args.model, classify)?;
     let id = config.worker_id.clone();
-    let stats = Worker::new(engine, handlers, config)
-        .run(shutdown)
-        .await?;
+    let stats = Worker::new(engine, handlers, config).run(shutdown).await?;
     eprintln!(
         "worker {id} stopped: {} succeeded, {} failed, {} retried, {} duplicates skipped, {} released",
         stats.succeeded, stats.failed, stats.retried, stats.duplicates, stats.released
     );
     Ok(())
+}
+
+/// Fires `shutdown` once the process that started this one has ended (its children are then
+/// adopted by another process, so the parent id changes).
+fn stop_with_parent(shutdown: tokio_util::sync::CancellationToken) {
+    let parent = std::os::unix::process::parent_id();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+            if std::os::unix::process::parent_id() != parent {
+                tracing::warn!(
+                    parent,
+                    "the process that started this worker has ended; stopping"
+                );
+                shutdown.cancel();
+                return;
+            }
+        }
+    });
 }
 
 /// Every job kind a worker can run: tasks, the atoms pipeline and, when `classify` and this build
@@ -84,9 +107,12 @@ fn with_classifier(
 ) -> anyhow::Result<Handlers> {
     use nimbus_workloads::classify::{model::Classifier, ClassifyHandler, KIND};
     let started = std::time::Instant::now();
-    let classifier = Classifier::load(&model.model, &model.labels)
+    let (model, labels) = model
+        .resolve()
         .map_err(|e| anyhow::anyhow!("{e} (pass --model and --labels)"))?;
-    tracing::info!(model = %model.model.display(), took = ?started.elapsed(), "image model loaded");
+    let classifier = Classifier::load(&model, &labels)
+        .map_err(|e| anyhow::anyhow!("{e} (pass --model and --labels)"))?;
+    tracing::info!(model = %model.display(), took = ?started.elapsed(), "image model loaded");
     Ok(handlers.with(
         KIND,
         ClassifyHandler::new(store, std::sync::Arc::new(classifier)),

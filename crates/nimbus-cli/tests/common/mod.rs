@@ -63,3 +63,89 @@ pub fn wait_until_catching(pid: u32, signal: u32) {
 pub const SIGINT: u32 = 2;
 /// SIGTERM's number.
 pub const SIGTERM: u32 = 15;
+
+/// The sample photos (Debian's python3-skimage) the image tests use, and the words their labels
+/// must contain.
+pub const PHOTOS: &str = "/usr/lib/python3/dist-packages/skimage/data";
+
+/// Copies `names` of [`PHOTOS`] into `dir/images` and writes `dir/expect.csv` for
+/// `nimbus bench classify --expect`; the images folder.
+pub fn photos(dir: &std::path::Path, names: &[(&str, &str)]) -> std::path::PathBuf {
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut expect = String::from("file,words\n");
+    for (name, words) in names {
+        std::fs::copy(std::path::Path::new(PHOTOS).join(name), images.join(name))
+            .expect("python3-skimage sample photos (./scripts/test.sh installs them)");
+        expect.push_str(&format!("{name},{words}\n"));
+    }
+    std::fs::write(dir.join("expect.csv"), expect).unwrap();
+    images
+}
+
+/// `nimbus bench classify` against `url` with `requests` requests at once, each waiting as long
+/// as the web tier allows (a loaded machine answers late); its command, to spawn or run.
+pub fn bench_classify(url: &str, dir: &std::path::Path, requests: usize) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nimbus"));
+    c.args(["bench", "classify", "--url", url])
+        .args([
+            "--requests",
+            &requests.to_string(),
+            "--concurrency",
+            &requests.to_string(),
+        ])
+        .args(["--wait", "120"])
+        .arg("--images")
+        .arg(dir.join("images"))
+        .arg("--expect")
+        .arg(dir.join("expect.csv"));
+    c
+}
+
+/// `nimbus up` on `data/nimbus.db` at any free port, run in `cwd`, with `args`; killed when
+/// dropped.
+pub struct Up {
+    /// The process.
+    pub child: Child,
+    /// Its URL, without the trailing slash.
+    pub url: String,
+}
+
+impl Up {
+    /// Starts it and waits for the URL it prints.
+    pub fn start(data: &std::path::Path, cwd: &std::path::Path, args: &[&str]) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
+            .args([
+                "--engine",
+                &format!("sqlite://{}/nimbus.db", data.display()),
+                "up",
+                "--port",
+                "0",
+            ])
+            .args(args)
+            .current_dir(cwd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().trim_end_matches('/').to_string();
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "nimbus up printed {line:?}"
+        );
+        Self { child, url }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,94 @@
+//! The simulator's results side by side: a Markdown table and an SVG chart of the active
+//! instances over time, one line per policy.
+
+use std::fmt::Write;
+
+use plotters::prelude::*;
+
+use crate::simulate::Outcome;
+
+fn secs(d: std::time::Duration) -> String {
+    format!("{:.1}", d.as_secs_f64())
+}
+
+/// The outcomes as a Markdown table, one row per policy.
+pub fn table(outcomes: &[Outcome]) -> String {
+    let mut out = String::from(
+        "| policy | served | p50 s | p99 s | last s | instance-s | peak | launched | started | stopped | terminated |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for o in outcomes {
+        let _ = writeln!(
+            out,
+            "| {} | {}/{} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            o.policy,
+            o.served,
+            o.requests,
+            secs(o.p50),
+            secs(o.p99),
+            secs(o.last),
+            o.instance_seconds,
+            o.peak,
+            o.launched,
+            o.started,
+            o.stopped,
+            o.terminated
+        );
+    }
+    out
+}
+
+/// A chart error (plotters reports its backend's errors as text).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot draw the chart: {0}")]
+pub struct ChartError(String);
+
+fn chart_error(e: impl std::fmt::Display) -> ChartError {
+    ChartError(e.to_string())
+}
+
+/// An SVG chart of the active instances over time for each outcome.
+pub fn chart(title: &str, outcomes: &[Outcome]) -> Result<String, ChartError> {
+    let x_max = outcomes
+        .iter()
+        .flat_map(|o| o.fleet.last().map(|&(t, _)| t))
+        .fold(1.0f64, f64::max);
+    let y_max = outcomes.iter().map(|o| o.peak).max().unwrap_or(1).max(1) + 1;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(chart_error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(44)
+            .build_cartesian_2d(0f64..x_max, 0usize..y_max)
+            .map_err(chart_error)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .y_desc("active instances")
+            .draw()
+            .map_err(chart_error)?;
+        for (k, o) in outcomes.iter().enumerate() {
+            let color = Palette99::pick(k).to_rgba();
+            chart
+                .draw_series(LineSeries::new(
+                    o.fleet.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(chart_error)?
+                .label(o.policy.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(chart_error)?;
+        root.present().map_err(chart_error)?;
+    }
+    Ok(svg)
+}
