@@ -20,6 +20,16 @@ pub use crate::DEPLOYMENT_TAG;
 /// settings in it are replaced by each launch's.
 pub const USER_DATA: &str = include_str!("../../../deploy/aws/user-data.yaml");
 
+/// A systemd drop-in, as a cloud-init `write_files` entry: the machine powers off when its
+/// worker exits cleanly (it stopped itself when idle); a failed worker is restarted as before.
+const POWER_OFF_WHEN_IDLE: &str =
+    "  - path: /etc/systemd/system/nimbus-worker.service.d/power-off-when-idle.conf
+    permissions: \"0644\"
+    content: |
+      [Unit]
+      SuccessAction=poweroff
+";
+
 /// The machine a worker runs on: an image with `nimbus` installed, a size, a role, and the
 /// cloud-init file that starts the worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +64,11 @@ impl Machine {
                 None => out.push_str(line),
             }
             out.push('\n');
+            if line == "write_files:" && spec.exit_when_idle.is_some() {
+                // A worker that stops itself when idle (seed 001's) powers its machine off, so
+                // the instance shows as stopped and the policy can start it again.
+                out.push_str(POWER_OFF_WHEN_IDLE);
+            }
         }
         out
     }
@@ -265,5 +280,20 @@ mod tests {
             data.contains("nimbus-worker.service"),
             "the rest is kept: {data}"
         );
+        assert!(
+            !data.contains("SuccessAction"),
+            "a worker that does not stop itself keeps its machine"
+        );
+        let idle = LaunchSpec {
+            exit_when_idle: Some(std::time::Duration::from_secs(10)),
+            ..spec
+        };
+        let data = machine.user_data_for(&idle);
+        assert!(data.contains("--exit-when-idle 10000ms"), "{data}");
+        assert!(
+            data.contains("write_files:\n  - path: /etc/systemd/system/nimbus-worker.service.d/power-off-when-idle.conf\n"),
+            "{data}"
+        );
+        assert!(data.contains("      SuccessAction=poweroff\n"), "{data}");
     }
 }

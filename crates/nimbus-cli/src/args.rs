@@ -252,10 +252,12 @@ pub struct ScaleArgs {
     /// seed-001 or seed-004.
     #[arg(long, default_value = "backlog")]
     pub policy: String,
-    /// Workers kept running however idle (warm).
-    #[arg(long, default_value_t = 1)]
-    pub min: u32,
-    /// The most workers (default: the number of cores).
+    /// Workers kept running however idle (warm); default: 1 for `nimbus up`, the policy's own
+    /// otherwise (seed-001 and seed-004 0, backlog 1).
+    #[arg(long)]
+    pub min: Option<u32>,
+    /// The most workers; default: the number of cores for `nimbus up`, the policy's own
+    /// otherwise (seed-001 19, seed-004 20, backlog 8).
     #[arg(long)]
     pub max: Option<u32>,
     /// How long the work must stay lower before workers are taken away.

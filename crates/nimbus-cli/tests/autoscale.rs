@@ -16,7 +16,7 @@ use common::Up;
 use nimbus_conformance::compute::ComputeHarness;
 use nimbus_conformance::compute_suite;
 use nimbus_core::{ComputeProvider, Engine, InstanceState, LaunchSpec, QueueName};
-use nimbus_scale::policy::{by_name, Bounds, Tuning};
+use nimbus_scale::policy::{by_name, Tuning};
 use nimbus_scale::{Autoscaler, AutoscalerConfig, FleetStatus, LocalProvider};
 
 const NIMBUS: &str = env!("CARGO_BIN_EXE_nimbus");
@@ -130,7 +130,8 @@ async fn a_burst_of_2000_tasks_grows_the_fleet_to_its_cap_survives_a_kill_9_and_
     let engine = open(&db);
     let local = Arc::new(LocalProvider::new(NIMBUS, "burst", Duration::from_secs(15)));
     let tuning = Tuning {
-        bounds: Some(Bounds { min: 1, max: 3 }),
+        min: Some(1),
+        max: Some(3),
         idle: Some(Duration::from_secs(2)),
         per_instance: Some(8.0),
     };
@@ -202,6 +203,11 @@ async fn a_burst_of_2000_tasks_grows_the_fleet_to_its_cap_survives_a_kill_9_and_
         status().await
     );
     let fleet = status().await;
+    assert!(
+        fleet.instances.iter().any(|i| i.tasks.is_some()),
+        "the workers report their load: {:?}",
+        fleet.instances
+    );
     assert!(
         fleet.samples.iter().all(|s| s.running + s.pending <= 3),
         "never over the cap"
@@ -371,7 +377,8 @@ mod ec2 {
             interval: Duration::from_millis(100),
         };
         let tuning = |idle_ms| Tuning {
-            bounds: Some(Bounds { min: 0, max: 3 }),
+            min: Some(0),
+            max: Some(3),
             idle: Some(Duration::from_millis(idle_ms)),
             per_instance: Some(1.0),
         };
@@ -478,4 +485,68 @@ mod ec2 {
             ender.status().decisions
         );
     }
+}
+
+#[test]
+fn nimbus_autoscale_runs_the_loop_and_ctrl_c_stops_it_and_its_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nimbus.db");
+    nimbus(&db, &["queue", "create", "tasks"]);
+    let mut scaler = Command::new(NIMBUS)
+        .args([
+            "--engine",
+            &sqlite_url(&db),
+            "autoscale",
+            "--queue",
+            "tasks",
+        ])
+        .args([
+            "--min",
+            "1",
+            "--max",
+            "2",
+            "--interval",
+            "200ms",
+            "--idle",
+            "2s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let engine = open(&db);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let status = || {
+        runtime
+            .block_on(FleetStatus::read(&engine))
+            .unwrap()
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while running(&status()) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the warm worker never ran: {:?}",
+            status()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let worker = status().instances[0].id.clone();
+    let workers = || {
+        let out = Command::new("pgrep")
+            .args(["-f", "--", &format!("worker-id {worker}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert_eq!(workers(), 1, "its worker process runs");
+    common::wait_until_catching(scaler.id(), common::SIGINT);
+    assert!(Command::new("kill")
+        .args(["-INT", &scaler.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status_code = scaler.wait().unwrap();
+    assert!(status_code.success(), "exit status {status_code}");
+    assert_eq!(workers(), 0, "Ctrl-C stopped the workers it launched");
 }

@@ -88,7 +88,8 @@ impl Drop for Clouds {
 /// `nimbus` in `ns` on the hybrid deployment's engine (moto in the public cloud).
 fn nimbus(ns: &str, engine: &str, args: &[&str]) -> Command {
     let mut c = Clouds::exec(ns, env!("CARGO_BIN_EXE_nimbus"));
-    c.args(["--engine", engine, "--blobs", "s3://hybrid-blobs"]).args(args);
+    c.args(["--engine", engine, "--blobs", "s3://hybrid-blobs"])
+        .args(args);
     c
 }
 
@@ -126,7 +127,10 @@ fn the_web_tier_in_one_cloud_and_the_app_tier_in_another_answer_100_requests() {
         .unwrap()
         .success()
     {
-        assert!(Instant::now() < deadline, "moto never answered at {endpoint}");
+        assert!(
+            Instant::now() < deadline,
+            "moto never answered at {endpoint}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let engine = format!("aws://?region=us-east-1&endpoint={endpoint}&prefix=hybrid-");
@@ -171,12 +175,19 @@ fn the_web_tier_in_one_cloud_and_the_app_tier_in_another_answer_100_requests() {
         .read_line(&mut line)
         .unwrap();
     let url = line.trim().trim_end_matches('/').to_string();
-    assert!(url.starts_with("http://127.0.0.1:"), "nimbus web printed {line:?}");
+    assert!(
+        url.starts_with("http://127.0.0.1:"),
+        "nimbus web printed {line:?}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     common::photos(
         dir.path(),
-        &[("chelsea.png", "cat"), ("coffee.png", "espresso"), ("camera.png", "tripod")],
+        &[
+            ("chelsea.png", "cat"),
+            ("coffee.png", "espresso"),
+            ("camera.png", "tripod"),
+        ],
     );
     let bench = common::bench_classify(&url, dir.path(), 100);
     let mut in_private = Clouds::exec(&clouds.private, bench.get_program().to_str().unwrap());
@@ -198,5 +209,8 @@ fn the_web_tier_in_one_cloud_and_the_app_tier_in_another_answer_100_requests() {
         .map(|s| s["running"].as_u64().unwrap())
         .max()
         .unwrap();
-    assert!(peak >= 1 && peak <= 3, "workers ran in the public cloud, at most 3: {fleet}");
+    assert!(
+        (1..=3).contains(&peak),
+        "workers ran in the public cloud, at most 3: {fleet}"
+    );
 }

@@ -91,6 +91,25 @@ impl LaunchSpec {
     }
 }
 
+/// The ledger partition where every worker reports its load, keyed by its worker id (the local
+/// provider's instance ids are its workers' ids), so an autoscaler can tell idle workers from
+/// busy ones.
+pub const WORKER_LOAD_PARTITION: &str = "workers";
+
+/// How often a worker reports its load.
+pub const WORKER_LOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A worker's load as it last reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerLoad {
+    /// Tasks it was running.
+    pub running: u32,
+    /// How long it had run none (0 while it runs some), in milliseconds.
+    pub idle_ms: u64,
+    /// When it reported, in milliseconds since the epoch.
+    pub at_ms: u64,
+}
+
 /// Machines of one deployment (the provider knows which: a tag on EC2).
 #[async_trait]
 pub trait ComputeProvider: Send + Sync {

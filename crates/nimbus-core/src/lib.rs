@@ -12,7 +12,7 @@ pub mod topic;
 
 use std::sync::Arc;
 
-pub use compute::{ComputeProvider, Instance, InstanceState, LaunchSpec};
+pub use compute::{ComputeProvider, Instance, InstanceState, LaunchSpec, WorkerLoad};
 pub use error::{Error, ErrorKind, Result};
 pub use job::{Job, JobEvent, JobState, Progress};
 pub use ledger::{Condition, Item, ItemKey, Ledger};

@@ -4,13 +4,15 @@
 //! fleet's status (instances, recent decisions with their reasons, depths over time) to the
 //! ledger, where the web tier of any process reads it for `/api/v1/fleet`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use nimbus_core::compute::WORKER_LOAD_PARTITION;
 use nimbus_core::{
     ComputeProvider, Condition, Engine, Instance, InstanceState, ItemKey, LaunchSpec, QueueName,
+    WorkerLoad,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -25,6 +27,16 @@ pub const STATUS_KEY: &str = "status";
 const DECISIONS_KEPT: usize = 50;
 /// Samples kept in the status (an hour at the default interval).
 const SAMPLES_KEPT: usize = 720;
+/// The most the status item may take: under the ledger's 400 KiB item limit, with room.
+const STATUS_BYTES: usize = 300 * 1024;
+/// How old a worker's load report may be and still count (it reports every 2 s).
+const LOAD_FRESH: Duration = Duration::from_secs(10);
+/// How long a launched instance may take to show in the provider's listing.
+const LAUNCH_VISIBLE: Duration = Duration::from_secs(60);
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// What the loop watches and launches.
 #[derive(Debug, Clone)]
@@ -46,6 +58,8 @@ pub struct InstanceStatus {
     pub state: String,
     /// Seconds since it was launched.
     pub age_s: u64,
+    /// Tasks its worker runs, where it reports them.
+    pub tasks: Option<u32>,
 }
 
 /// A decision the loop carried out.
@@ -133,6 +147,8 @@ pub struct Autoscaler {
     last_action: Option<Instant>,
     last_total: u64,
     status: FleetStatus,
+    /// Instances launched lately, with when: counted until the provider lists them.
+    launched: std::sync::Mutex<Vec<(String, Instant)>>,
 }
 
 impl std::fmt::Debug for Autoscaler {
@@ -167,6 +183,7 @@ impl Autoscaler {
             last_action: None,
             last_total: 0,
             status,
+            launched: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -201,7 +218,8 @@ impl Autoscaler {
             }
         };
         self.status.last_error = None;
-        let snapshot = self.snapshot(now, queues, &instances);
+        let loads = self.loads().await;
+        let snapshot = self.snapshot(now, queues, &instances, &loads);
         let decision = self.policy.decide(&snapshot);
         let errors = self.apply(&decision.actions).await;
         if !decision.actions.is_empty() {
@@ -233,11 +251,31 @@ impl Autoscaler {
         Ok((queues, self.provider.list().await?))
     }
 
+    /// The loads workers reported lately, by worker id; none where they cannot be read (the
+    /// policy then treats every instance's load as unknown).
+    async fn loads(&self) -> HashMap<String, WorkerLoad> {
+        let now = epoch_ms(SystemTime::now());
+        match self.engine.ledger.list(WORKER_LOAD_PARTITION).await {
+            Ok(items) => items
+                .into_iter()
+                .filter_map(|(id, item)| {
+                    Some((id, serde_json::from_slice::<WorkerLoad>(&item.value).ok()?))
+                })
+                .filter(|(_, load)| now.saturating_sub(load.at_ms) <= LOAD_FRESH.as_millis() as u64)
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the workers' loads");
+                HashMap::new()
+            }
+        }
+    }
+
     fn snapshot(
         &mut self,
         now: Instant,
         queues: Vec<QueueLoad>,
         instances: &[Instance],
+        loads: &HashMap<String, WorkerLoad>,
     ) -> Snapshot {
         let visible: u64 = queues.iter().map(|q| q.visible).sum();
         let total: u64 = queues
@@ -249,6 +287,21 @@ impl Autoscaler {
         }
         self.last_total = total;
         let wall = SystemTime::now();
+        // A provider's listing may lag its launches (EC2's is eventually consistent): what was
+        // launched lately and is not listed yet counts as pending, so it is not launched twice.
+        let mut launched = lock(&self.launched);
+        launched.retain(|(id, at)| {
+            now - *at < LAUNCH_VISIBLE && !instances.iter().any(|i| &i.id == id)
+        });
+        let unlisted = launched.iter().map(|(id, at)| InstanceView {
+            id: id.clone(),
+            state: InstanceState::Pending,
+            age: now - *at,
+            busy: None,
+            idle_for: None,
+        });
+        let unlisted: Vec<InstanceView> = unlisted.collect();
+        drop(launched);
         Snapshot {
             queues,
             instances: instances
@@ -260,9 +313,14 @@ impl Autoscaler {
                         .launched_at
                         .and_then(|t| wall.duration_since(t).ok())
                         .unwrap_or_default(),
-                    busy: None,
-                    idle_for: None,
+                    busy: loads.get(&i.id).map(|l| l.running),
+                    // Idle since the report too, if it was idle then.
+                    idle_for: loads.get(&i.id).map(|l| {
+                        let since = epoch_ms(wall).saturating_sub(l.at_ms);
+                        Duration::from_millis(if l.running == 0 { l.idle_ms + since } else { 0 })
+                    }),
                 })
+                .chain(unlisted)
                 .collect(),
             since_last_message: self.last_message.map(|t| now - t),
             since_last_action: self.last_action.map(|t| now - t),
@@ -275,7 +333,14 @@ impl Autoscaler {
         let mut errors = Vec::new();
         for action in actions {
             let result = match action {
-                Action::Launch(n) => self.provider.launch(&self.config.spec, *n).await.map(drop),
+                Action::Launch(n) => match self.provider.launch(&self.config.spec, *n).await {
+                    Ok(ids) => {
+                        let now = Instant::now();
+                        lock(&self.launched).extend(ids.into_iter().map(|id| (id, now)));
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
                 Action::Start(ids) => self.provider.start(ids).await,
                 Action::Stop(ids) => self.provider.stop(ids).await,
                 Action::Terminate(ids) => self.provider.terminate(ids).await,
@@ -316,6 +381,7 @@ impl Autoscaler {
                 id: i.id.clone(),
                 state: i.state.to_string(),
                 age_s: i.age.as_secs(),
+                tasks: i.busy,
             })
             .collect();
         self.status.samples.push(Sample {
@@ -334,12 +400,23 @@ impl Autoscaler {
 
     async fn publish(&mut self) {
         self.status.updated_ms = epoch_ms(SystemTime::now());
-        let body = match serde_json::to_vec(&self.status) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot encode the fleet status");
-                return;
+        let body = loop {
+            let body = match serde_json::to_vec(&self.status) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot encode the fleet status");
+                    return;
+                }
+            };
+            // A large fleet's status outgrows the item: the oldest history goes first.
+            if body.len() <= STATUS_BYTES
+                || (self.status.samples.len() <= 1 && self.status.decisions.len() <= 1)
+            {
+                break body;
             }
+            let (samples, decisions) = (self.status.samples.len(), self.status.decisions.len());
+            self.status.samples.drain(..samples / 2);
+            self.status.decisions.drain(..decisions / 2);
         };
         if let Err(e) = self
             .engine
@@ -364,5 +441,181 @@ pub fn describe(action: &Action) -> String {
         Action::Start(ids) => format!("start {}", ids.join(" ")),
         Action::Stop(ids) => format!("stop {}", ids.join(" ")),
         Action::Terminate(ids) => format!("terminate {}", ids.join(" ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use nimbus_core::{OutgoingMessage, QueueOptions};
+
+    use super::*;
+    use crate::policy::{by_name, Tuning};
+
+    /// Instances in memory, with failures on demand: what a flaky cloud API does.
+    #[derive(Default)]
+    struct Flaky {
+        instances: Mutex<Vec<Instance>>,
+        failing_lists: AtomicU32,
+        failing_launches: AtomicU32,
+    }
+
+    fn failure(what: &str) -> nimbus_core::Error {
+        nimbus_core::Error::new(
+            nimbus_core::ErrorKind::Unavailable,
+            format!("{what}: the provider is down"),
+        )
+    }
+
+    fn take(counter: &AtomicU32) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    #[async_trait]
+    impl ComputeProvider for Flaky {
+        async fn list(&self) -> nimbus_core::Result<Vec<Instance>> {
+            if take(&self.failing_lists) {
+                return Err(failure("list"));
+            }
+            Ok(self.instances.lock().unwrap().clone())
+        }
+        async fn launch(&self, _: &LaunchSpec, count: u32) -> nimbus_core::Result<Vec<String>> {
+            if take(&self.failing_launches) {
+                return Err(failure("launch"));
+            }
+            let mut all = self.instances.lock().unwrap();
+            let ids: Vec<String> = (0..count)
+                .map(|k| format!("i-{}", all.len() + k as usize))
+                .collect();
+            all.extend(ids.iter().map(|id| Instance {
+                id: id.clone(),
+                state: InstanceState::Running,
+                launched_at: Some(SystemTime::now()),
+            }));
+            Ok(ids)
+        }
+        async fn start(&self, _: &[String]) -> nimbus_core::Result<()> {
+            Ok(())
+        }
+        async fn stop(&self, _: &[String]) -> nimbus_core::Result<()> {
+            Ok(())
+        }
+        async fn terminate(&self, _: &[String]) -> nimbus_core::Result<()> {
+            Ok(())
+        }
+    }
+
+    async fn setup() -> (tempfile::TempDir, Engine, QueueName) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = nimbus_sqlite::SqliteEngine::open(dir.path().join("db"), Default::default())
+            .unwrap()
+            .into_engine(dir.path().join("blobs"))
+            .unwrap();
+        let q = QueueName::new("work").unwrap();
+        engine
+            .queue
+            .create_queue(&q, &QueueOptions::default())
+            .await
+            .unwrap();
+        (dir, engine, q)
+    }
+
+    fn scaler(engine: &Engine, provider: Arc<Flaky>, q: &QueueName) -> Autoscaler {
+        let tuning = Tuning {
+            min: Some(0),
+            max: Some(4),
+            idle: Some(Duration::from_secs(60)),
+            per_instance: Some(1.0),
+        };
+        let config = AutoscalerConfig {
+            queues: vec![q.clone()],
+            spec: LaunchSpec::default(),
+            interval: Duration::from_millis(10),
+        };
+        Autoscaler::new(
+            engine.clone(),
+            provider,
+            by_name("backlog", &tuning).unwrap(),
+            config,
+        )
+    }
+
+    #[tokio::test]
+    async fn provider_errors_are_recorded_and_the_next_tick_tries_again() {
+        let (_dir, engine, q) = setup().await;
+        let provider = Arc::new(Flaky::default());
+        let mut scaler = scaler(&engine, provider.clone(), &q);
+        engine
+            .queue
+            .send_batch(&q, vec![OutgoingMessage::new("job"); 3])
+            .await
+            .unwrap();
+
+        provider.failing_lists.store(1, Ordering::SeqCst);
+        assert!(
+            scaler.tick().await.is_none(),
+            "no decision without the fleet"
+        );
+        let status = FleetStatus::read(&engine).await.unwrap().unwrap();
+        assert!(
+            status.last_error.unwrap().contains("the provider is down"),
+            "the error is published"
+        );
+
+        provider.failing_launches.store(1, Ordering::SeqCst);
+        let decision = scaler.tick().await.unwrap();
+        assert_eq!(decision.actions, vec![Action::Launch(3)]);
+        let record = scaler.status().decisions.last().unwrap().clone();
+        assert_eq!(record.actions, ["launch 3"]);
+        assert!(
+            record.errors[0].contains("launch 3: launch: the provider is down"),
+            "{record:?}"
+        );
+        assert!(provider.instances.lock().unwrap().is_empty());
+
+        let again = scaler.tick().await.unwrap();
+        assert_eq!(
+            again.actions,
+            vec![Action::Launch(3)],
+            "the launch is tried again"
+        );
+        assert_eq!(provider.instances.lock().unwrap().len(), 3);
+        let steady = scaler.tick().await.unwrap();
+        assert!(steady.actions.is_empty(), "{}", steady.reason);
+        let status = FleetStatus::read(&engine).await.unwrap().unwrap();
+        assert_eq!(status.last_error, None);
+        assert_eq!(status.instances.len(), 3);
+        assert_eq!(status.samples.last().unwrap().running, 3);
+        assert_eq!(status.samples.last().unwrap().visible, 3);
+        assert_eq!(
+            status.decisions.len(),
+            2,
+            "only decisions that did something are kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_loop_stops_on_its_token() {
+        let (_dir, engine, q) = setup().await;
+        let stop = CancellationToken::new();
+        let looping =
+            tokio::spawn(scaler(&engine, Arc::new(Flaky::default()), &q).run(stop.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), looping)
+            .await
+            .unwrap()
+            .unwrap();
+        let status = FleetStatus::read(&engine).await.unwrap().unwrap();
+        assert!(
+            status.samples.len() >= 2,
+            "it ticked every interval: {}",
+            status.samples.len()
+        );
     }
 }

@@ -21,7 +21,7 @@ struct Slot {
 }
 
 impl Slot {
-    fn state(&mut self, grace: Duration) -> InstanceState {
+    fn state(&mut self, id: &str, grace: Duration) -> InstanceState {
         match &mut self.process {
             Some(p) => {
                 p.enforce(grace);
@@ -30,6 +30,12 @@ impl Slot {
                 } else if p.running() {
                     InstanceState::Running
                 } else {
+                    let status = p.exit_status();
+                    if p.stop_was_asked() {
+                        tracing::info!(instance = id, ?status, "worker process stopped");
+                    } else {
+                        tracing::warn!(instance = id, ?status, "worker process ended on its own");
+                    }
                     self.process = None;
                     InstanceState::Stopped
                 }
@@ -108,8 +114,9 @@ impl LocalProvider {
         for p in &mut processes {
             p.ask_to_stop();
         }
+        let deadline = std::time::Instant::now() + self.grace;
         for p in &mut processes {
-            p.stop(self.grace);
+            p.stop_by(deadline);
         }
         lock(&self.slots).clear();
     }
@@ -118,14 +125,13 @@ impl LocalProvider {
         &self,
         slots: &'a mut BTreeMap<String, Slot>,
         ids: &[String],
-    ) -> Result<Vec<&'a mut Slot>> {
+    ) -> Result<Vec<(&'a String, &'a mut Slot)>> {
         if let Some(missing) = ids.iter().find(|id| !slots.contains_key(*id)) {
             return Err(Error::not_found(format!("no local instance `{missing}`")));
         }
         Ok(slots
             .iter_mut()
             .filter(|(id, _)| ids.contains(id))
-            .map(|(_, s)| s)
             .collect())
     }
 }
@@ -151,15 +157,16 @@ fn spawn_error(e: std::io::Error, spec: &ProcessSpec) -> Error {
 impl ComputeProvider for LocalProvider {
     async fn list(&self) -> Result<Vec<Instance>> {
         lock(&self.leaving).retain_mut(|p| {
+            let running = p.running();
             p.enforce(self.grace);
-            p.running()
+            running
         });
         let mut slots = lock(&self.slots);
         Ok(slots
             .iter_mut()
             .map(|(id, slot)| Instance {
                 id: id.clone(),
-                state: slot.state(self.grace),
+                state: slot.state(id, self.grace),
                 launched_at: Some(slot.launched_at),
             })
             .collect())
@@ -195,8 +202,8 @@ impl ComputeProvider for LocalProvider {
 
     async fn start(&self, ids: &[String]) -> Result<()> {
         let mut slots = lock(&self.slots);
-        for slot in self.each(&mut slots, ids)? {
-            if slot.state(self.grace) == InstanceState::Stopped {
+        for (id, slot) in self.each(&mut slots, ids)? {
+            if slot.state(id, self.grace) == InstanceState::Stopped {
                 let process =
                     Supervised::spawn(&slot.spec).map_err(|e| spawn_error(e, &slot.spec))?;
                 slot.process = Some(process);
@@ -207,7 +214,7 @@ impl ComputeProvider for LocalProvider {
 
     async fn stop(&self, ids: &[String]) -> Result<()> {
         let mut slots = lock(&self.slots);
-        for slot in self.each(&mut slots, ids)? {
+        for (_, slot) in self.each(&mut slots, ids)? {
             if let Some(p) = &mut slot.process {
                 p.ask_to_stop();
             }

@@ -97,14 +97,14 @@ impl Snapshot {
             .count()
     }
 
-    /// Active instances that may be scaled in, the youngest first (it has done the least and
+    /// Running instances that may be scaled in, the youngest first (it has done the least and
     /// costs the least to lose): those known idle and, where nothing at all is in flight, those
-    /// whose load is unknown. An instance that holds a lease is never among them.
+    /// whose load is unknown. An instance that holds a lease is never among them, nor one still
+    /// pending (EC2 cannot stop it yet).
     pub fn idle(&self) -> Vec<&InstanceView> {
         let nothing_in_flight = self.in_flight() == 0;
         let mut idle: Vec<_> = self
-            .active()
-            .into_iter()
+            .in_state(&[InstanceState::Running])
             .filter(|i| match i.busy {
                 Some(n) => n == 0,
                 None => nothing_in_flight,
@@ -398,6 +398,7 @@ impl Backlog {
         let mut known: Vec<&InstanceView> = active
             .iter()
             .copied()
+            .filter(|i| i.state == InstanceState::Running)
             .filter(|i| i.busy == Some(0) && i.idle_for.is_some_and(|d| d >= self.idle))
             .collect();
         known.sort_by(|x, y| x.age.cmp(&y.age).then_with(|| x.id.cmp(&y.id)));
@@ -479,8 +480,11 @@ pub const NAMES: [&str; 3] = ["backlog", "seed-001", "seed-004"];
 /// How a policy is tuned from the command line; `None` keeps its default.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Tuning {
-    /// The least and most active instances (seed 001's cap is its maximum).
-    pub bounds: Option<Bounds>,
+    /// The least active instances (seed 001 has none: its workers stop themselves).
+    pub min: Option<u32>,
+    /// The most active instances (seed 001's cap, 19 by default; 20 for seed 004; 8 for
+    /// backlog).
+    pub max: Option<u32>,
     /// The idle period before scale-in (the backlog policy's window and idle time; seed 001's
     /// time before stopped instances are terminated).
     pub idle: Option<Duration>,
@@ -490,13 +494,17 @@ pub struct Tuning {
 
 /// A policy by its name, tuned.
 pub fn by_name(name: &str, tuning: &Tuning) -> Option<Box<dyn Policy>> {
+    let bounds = |d: Bounds| Bounds {
+        min: tuning.min.unwrap_or(d.min),
+        max: tuning.max.unwrap_or(d.max),
+    };
     Some(match name {
         "backlog" => {
             let d = Backlog::default();
             Box::new(Backlog {
-                bounds: tuning.bounds.unwrap_or(d.bounds),
+                bounds: bounds(d.bounds),
                 window: tuning.idle.unwrap_or(d.window),
-                idle: tuning.idle.map_or(d.idle, |i| i.min(d.window)),
+                idle: tuning.idle.unwrap_or(d.idle),
                 per_instance: tuning.per_instance.unwrap_or(d.per_instance),
                 ..d
             })
@@ -504,13 +512,13 @@ pub fn by_name(name: &str, tuning: &Tuning) -> Option<Box<dyn Policy>> {
         "seed-001" => {
             let d = Seed001::default();
             Box::new(Seed001 {
-                cap: tuning.bounds.map_or(d.cap, |b| b.max),
+                cap: tuning.max.unwrap_or(d.cap),
                 idle: tuning.idle.unwrap_or(d.idle),
                 ..d
             })
         }
         "seed-004" => Box::new(Seed004 {
-            bounds: tuning.bounds.unwrap_or(Seed004::default().bounds),
+            bounds: bounds(Seed004::default().bounds),
         }),
         _ => return None,
     })
@@ -848,7 +856,8 @@ mod tests {
         }
         assert!(by_name("nope", &Tuning::default()).is_none());
         let tuning = Tuning {
-            bounds: Some(Bounds { min: 0, max: 4 }),
+            min: Some(0),
+            max: Some(4),
             ..Tuning::default()
         };
         let capped = by_name("seed-001", &tuning).unwrap();

@@ -16,7 +16,7 @@ pub struct ProcessSpec {
     pub args: Vec<String>,
     /// Environment variables set for it.
     pub env: Vec<(String, String)>,
-    /// Where its standard error goes: a file (appended to), or nowhere.
+    /// Where its standard error goes: a file (appended to), or this process's standard error.
     pub log: Option<PathBuf>,
 }
 
@@ -50,7 +50,7 @@ impl Supervised {
                     .append(true)
                     .open(path)?,
             ),
-            None => Stdio::null(),
+            None => Stdio::inherit(),
         };
         let child = Command::new(&spec.exe)
             .args(&spec.args)
@@ -76,47 +76,77 @@ impl Supervised {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// How it ended, once it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Whether a stop was asked.
+    pub fn stop_was_asked(&self) -> bool {
+        self.stop_asked.is_some()
+    }
+
     /// Whether a stop was asked and it still runs.
     pub fn stopping(&mut self) -> bool {
         self.stop_asked.is_some() && self.running()
     }
 
-    /// Asks it to stop (SIGTERM to its group): a worker stops receiving, finishes or gives back
-    /// its tasks within its grace period, and exits.
+    /// Asks it to stop: SIGTERM to the worker alone, which stops receiving and lets its running
+    /// tasks (its shell commands, in its group) finish within its grace period, or gives them
+    /// back; the group is killed only if that runs out (see [`Supervised::enforce`]).
     pub fn ask_to_stop(&mut self) {
         if self.stop_asked.is_none() && self.running() {
-            signal_group(self.pid(), "-TERM");
+            if !signal("-TERM", &self.pid().to_string()) {
+                let _ = self.child.kill();
+            }
             self.stop_asked = Some(Instant::now());
         }
     }
 
-    /// Kills its group if a stop was asked more than `grace` ago and it still runs.
+    /// Kills its group if a stop was asked more than `grace` ago and it still runs, and kills
+    /// what is left of the group once the worker has ended (a task process that outlived it).
     pub fn enforce(&mut self, grace: Duration) {
-        if self.stop_asked.is_some_and(|t| t.elapsed() >= grace) && self.running() {
-            signal_group(self.pid(), "-KILL");
+        let overdue = self.stop_asked.is_some_and(|t| t.elapsed() >= grace);
+        if (overdue && self.running()) || !self.running() {
+            self.kill_group();
         }
     }
 
-    /// Asks it to stop, waits up to `grace`, then kills it; returns once it has ended.
-    pub fn stop(&mut self, grace: Duration) {
+    fn kill_group(&mut self) {
+        if !signal("-KILL", &format!("-{}", self.pid())) && self.running() {
+            let _ = self.child.kill();
+        }
+    }
+
+    /// Asks it to stop, waits until `deadline`, then kills its group; returns once it has
+    /// ended.
+    pub fn stop_by(&mut self, deadline: Instant) {
         self.ask_to_stop();
-        let deadline = Instant::now() + grace;
         while self.running() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        if self.running() {
-            signal_group(self.pid(), "-KILL");
-        }
+        self.kill_group();
         let _ = self.child.wait();
+    }
+
+    /// [`Supervised::stop_by`] `grace` from now.
+    pub fn stop(&mut self, grace: Duration) {
+        self.stop_by(Instant::now() + grace);
     }
 }
 
-fn signal_group(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .args([signal, "--", &format!("-{pid}")])
+/// Sends `sig` to `target` (a pid, or `-PGID` for a group) with kill(1); whether it was sent.
+fn signal(sig: &str, target: &str) -> bool {
+    let sent = Command::new("kill")
+        .args([sig, "--", target])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status();
+        .status()
+        .is_ok_and(|s| s.success());
+    if !sent {
+        tracing::debug!(signal = sig, target, "kill found nothing to signal");
+    }
+    sent
 }
 
 /// Worker processes that are stopped (gracefully, then killed after the grace period) when
@@ -147,8 +177,9 @@ impl Drop for ProcessSet {
         for p in &mut self.processes {
             p.ask_to_stop();
         }
+        let deadline = Instant::now() + self.grace;
         for p in &mut self.processes {
-            p.stop(self.grace);
+            p.stop_by(deadline);
         }
     }
 }

@@ -344,7 +344,8 @@ mod tests {
 
     fn tuned(bounds: Bounds) -> Tuning {
         Tuning {
-            bounds: Some(bounds),
+            min: Some(bounds.min),
+            max: Some(bounds.max),
             ..Tuning::default()
         }
     }

@@ -21,6 +21,10 @@ pub enum TraceError {
     Empty,
 }
 
+/// The longest arrival time or service time a trace may hold (30 days): the simulator steps
+/// through every 100 ms of it.
+pub const MAX_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
+
 /// Parses a trace: one request a line, `arrival_seconds,service_seconds`; blank lines and lines
 /// starting with `#` are skipped, and so is a header line naming the columns. Sorted by arrival.
 pub fn parse(text: &str) -> Result<Vec<Request>, TraceError> {
@@ -42,11 +46,13 @@ pub fn parse(text: &str) -> Result<Vec<Request>, TraceError> {
                 .trim()
                 .parse()
                 .map_err(|_| bad(format!("{what} `{}` is not a number", field.trim())))?;
-            Duration::try_from_secs_f64(v).map_err(|_| {
-                bad(format!(
-                    "{what} {v} is not a non-negative number of seconds"
-                ))
-            })
+            if !(0.0..=MAX_SECONDS).contains(&v) {
+                return Err(bad(format!(
+                    "{what} {} is outside 0 to {MAX_SECONDS} seconds (30 days)",
+                    field.trim()
+                )));
+            }
+            Ok(Duration::from_secs_f64(v))
         };
         trace.push(Request {
             arrival: secs(a, "arrival")?,
@@ -179,7 +185,12 @@ mod tests {
         let err = parse("# a trace\n1,2\n3;4\n").unwrap_err().to_string();
         assert!(err.contains("line 3") && err.contains("no comma"), "{err}");
         let err = parse("1,-2\n").unwrap_err().to_string();
-        assert!(err.contains("service time -2"), "{err}");
+        assert!(err.contains("service time -2 is outside"), "{err}");
+        let err = parse("1e300,2\n").unwrap_err().to_string();
+        assert!(
+            err.contains("arrival 1e300 is outside 0 to 2592000 seconds"),
+            "{err}"
+        );
         let err = parse("x,2\n").unwrap_err().to_string();
         assert!(err.contains("arrival `x` is not a number"), "{err}");
         assert!(matches!(parse("# nothing\n"), Err(TraceError::Empty)));

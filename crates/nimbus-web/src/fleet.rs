@@ -3,6 +3,8 @@
 //! ledger), `/api/v1/queues` (every queue's depth and dead-letter queue) with a redrive that
 //! moves dead-lettered messages back, and the two pages that show them.
 
+use std::time::Duration;
+
 use axum::extract::{Path, State};
 use axum::response::Html;
 use axum::Json;
@@ -94,17 +96,37 @@ pub async fn redrive(
             "queue `{queue}` has no dead-letter queue"
         )));
     };
-    let mut moved = 0;
-    while moved < MAX_REDRIVE {
-        let got = engine
+    for other in engine.queue.list_queues().await? {
+        if other == queue {
+            continue;
+        }
+        let shares = engine
             .queue
-            .receive(
-                &dead.queue,
-                ReceiveRequest::new(100.min(MAX_REDRIVE - moved)),
-            )
-            .await?;
+            .queue_options(&other)
+            .await
+            .ok()
+            .and_then(|o| o.dead_letter)
+            .is_some_and(|d| d.queue == dead.queue);
+        if shares {
+            return Err(ApiError::conflict(format!(
+                "dead-letter queue `{}` also takes the messages of queue `{other}`: moving them all to `{queue}` would mix the two",
+                dead.queue
+            )));
+        }
+    }
+    let mut moved = 0;
+    let mut empty_polls = 0;
+    while moved < MAX_REDRIVE && empty_polls < 3 {
+        let request =
+            ReceiveRequest::new(100.min(MAX_REDRIVE - moved)).wait(Duration::from_secs(1));
+        let got = engine.queue.receive(&dead.queue, request).await?;
         if got.is_empty() {
-            break;
+            // A receive may come back empty while messages remain (SQS samples its servers).
+            if engine.queue.depth(&dead.queue).await?.visible == 0 {
+                break;
+            }
+            empty_polls += 1;
+            continue;
         }
         let messages = got
             .iter()
@@ -145,7 +167,7 @@ const FLEET_PAGE: &str = r#"
 <div class=card><h1>Fleet</h1><div id=summary class=hint>loading…</div></div>
 <div class=card><h2>Instances by state</h2><svg id=instances class=chart viewBox='0 0 900 220'></svg></div>
 <div class=card><h2>Queue depth</h2><svg id=depth class=chart viewBox='0 0 900 220'></svg></div>
-<div class=card><h2>Instances</h2><table id=fleet><thead><tr><th>id</th><th>state</th><th>age</th></tr></thead><tbody></tbody></table></div>
+<div class=card><h2>Instances</h2><table id=fleet><thead><tr><th>id</th><th>state</th><th>age</th><th>tasks</th></tr></thead><tbody></tbody></table></div>
 <div class=card><h2>Recent decisions</h2><table id=decisions><thead><tr><th>when</th><th>actions</th><th>why</th></tr></thead><tbody></tbody></table></div>
 <script>
 const COLORS = { running:'#2b8a3e', pending:'#f08c00', stopping:'#c92a2a', stopped:'#868e96', visible:'#3b5bdb', in_flight:'#15aabf' };
@@ -176,7 +198,7 @@ async function refresh() {
       `${last.visible ?? 0} waiting, ${last.in_flight ?? 0} in flight` + (f.last_error ? ` <span class=error>${esc(f.last_error)}</span>` : '');
     chart(document.getElementById('instances'), s, ['running', 'pending', 'stopping', 'stopped']);
     chart(document.getElementById('depth'), s, ['visible', 'in_flight']);
-    rows(document.querySelector('#fleet tbody'), f.instances.map((i) => `<tr><td>${esc(i.id)}</td><td class='state ${esc(i.state)}'>${esc(i.state)}</td><td>${i.age_s} s</td></tr>`));
+    rows(document.querySelector('#fleet tbody'), f.instances.map((i) => `<tr><td>${esc(i.id)}</td><td class='state ${esc(i.state)}'>${esc(i.state)}</td><td>${i.age_s} s</td><td>${i.tasks ?? '—'}</td></tr>`));
     rows(document.querySelector('#decisions tbody'), f.decisions.slice().reverse().map((d) =>
       `<tr><td>${new Date(d.at_ms).toLocaleTimeString()}</td><td>${esc(d.actions.join('; '))}</td><td>${esc(d.reason)}${d.errors.length ? ' <span class=error>' + esc(d.errors.join('; ')) + '</span>' : ''}</td></tr>`));
   } catch (e) { document.getElementById('summary').textContent = String(e); }

@@ -88,7 +88,8 @@ pub fn document() -> Value {
                 "post": { "summary": "Move the messages of the queue's dead-letter queue back to it (at most 10,000 a call)",
                           "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[A-Za-z0-9_-]{1,80}(\\.fifo)?$" } }],
                           "responses": { "200": { "description": "How many were moved, and from where", "content": { "application/json": { "schema": { "type": "object", "properties": { "moved": { "type": "integer" }, "from": { "type": "string" } } } } } },
-                                         "400": error_response("A bad queue name, or a queue without a dead-letter queue"), "404": error_response("No such queue") } }
+                                         "400": error_response("A bad queue name, or a queue without a dead-letter queue"), "404": error_response("No such queue"),
+                                         "409": error_response("The dead-letter queue also takes another queue's messages") } }
             },
             "/api/v1/upload": {
                 "post": {

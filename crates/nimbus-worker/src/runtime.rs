@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
+use nimbus_core::compute::{WORKER_LOAD_INTERVAL, WORKER_LOAD_PARTITION};
 use nimbus_core::queue::{MAX_BATCH, MAX_VISIBILITY_TIMEOUT};
 use nimbus_core::task::{ATTR_KIND, ATTR_REPLY_TO, ATTR_SESSION, ATTR_TASK_ID};
 use nimbus_core::{
-    Condition, Delivery, Engine, ErrorKind, OutgoingMessage, QueueName, ReceiveRequest, Result,
-    TaskReport, TaskStatus,
+    Condition, Delivery, Engine, ErrorKind, ItemKey, OutgoingMessage, QueueName, ReceiveRequest,
+    Result, TaskReport, TaskStatus, WorkerLoad,
 };
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -164,6 +165,7 @@ impl Worker {
         let stop = shutdown.child_token();
         let (done_tx, done_rx) = mpsc::channel::<Completion>(4 * MAX_BATCH);
         let completer = tokio::spawn(complete_loop(shared.clone(), done_rx));
+        let reporter = tokio::spawn(report_load(shared.clone(), stop.clone()));
         let receivers: Vec<_> = config
             .queues
             .iter()
@@ -195,6 +197,9 @@ impl Worker {
         }
         if let Err(e) = completer.await {
             tracing::error!(error = %e, "completer task failed");
+        }
+        if let Err(e) = reporter.await {
+            tracing::error!(error = %e, "load reporter task failed");
         }
         let stats = shared.counters.snapshot();
         tracing::info!(worker = %config.worker_id, ?stats, "worker stopped");
@@ -265,6 +270,42 @@ async fn receive_loop(
         }
         dispatch(&shared, &queue, got, permits, &done).await;
     }
+}
+
+/// Reports this worker's load to the ledger every [`WORKER_LOAD_INTERVAL`] until `stop`, then
+/// removes the report: an autoscaler takes only workers that report themselves idle.
+async fn report_load(shared: Arc<Shared>, stop: CancellationToken) {
+    let Ok(key) = ItemKey::new(WORKER_LOAD_PARTITION, &shared.config.worker_id) else {
+        return; // a worker id too long to be a key: no reports, so never taken as idle
+    };
+    loop {
+        let running = u32::try_from(shared.running.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        let idle_ms = if running == 0 {
+            u64::try_from(lock(&shared.last_activity).elapsed().as_millis()).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
+        let load = WorkerLoad {
+            running,
+            idle_ms,
+            at_ms: u64::try_from(now_ms()).unwrap_or(0),
+        };
+        if let Ok(body) = serde_json::to_vec(&load) {
+            if let Err(e) = shared
+                .engine
+                .ledger
+                .put(&key, body.into(), Condition::Always)
+                .await
+            {
+                tracing::debug!(error = %e, "cannot report the worker's load");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(WORKER_LOAD_INTERVAL) => {}
+        }
+    }
+    let _ = shared.engine.ledger.delete(&key, Condition::Always).await;
 }
 
 fn stop_if_idle(shared: &Shared, stop: &CancellationToken) {

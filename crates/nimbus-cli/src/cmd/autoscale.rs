@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use nimbus_core::{ComputeProvider, Engine, LaunchSpec, QueueName};
-use nimbus_scale::policy::{self, Bounds, Policy, Tuning};
+use nimbus_scale::policy::{self, Policy, Tuning};
 use nimbus_scale::{Autoscaler, AutoscalerConfig, LocalProvider};
 use tokio_util::sync::CancellationToken;
 
@@ -17,14 +17,19 @@ use crate::engine_url;
 /// default) and a margin.
 const LOCAL_GRACE: Duration = Duration::from_secs(15);
 
-/// The policy `scale` names, for workers of `concurrency` slots.
-pub fn policy(scale: &ScaleArgs, concurrency: usize) -> anyhow::Result<Box<dyn Policy>> {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let max = scale
-        .max
-        .unwrap_or(u32::try_from(cores).unwrap_or(u32::MAX));
-    anyhow::ensure!(max >= 1, "--max must be at least 1");
-    anyhow::ensure!(scale.min <= max, "--min {} is over --max {max}", scale.min);
+/// The policy `scale` names, for workers of `concurrency` slots; `defaults` (min, max) where
+/// the flags say nothing, else the policy's own.
+pub fn policy(
+    scale: &ScaleArgs,
+    concurrency: usize,
+    defaults: Option<(u32, u32)>,
+) -> anyhow::Result<Box<dyn Policy>> {
+    let min = scale.min.or(defaults.map(|d| d.0));
+    let max = scale.max.or(defaults.map(|d| d.1));
+    anyhow::ensure!(max != Some(0), "--max must be at least 1");
+    if let (Some(min), Some(max)) = (min, max) {
+        anyhow::ensure!(min <= max, "--min {min} is over --max {max}");
+    }
     anyhow::ensure!(!scale.interval.is_zero(), "--interval must be more than 0");
     if let Some(p) = scale.per_instance {
         anyhow::ensure!(
@@ -33,10 +38,8 @@ pub fn policy(scale: &ScaleArgs, concurrency: usize) -> anyhow::Result<Box<dyn P
         );
     }
     let tuning = Tuning {
-        bounds: Some(Bounds {
-            min: scale.min,
-            max,
-        }),
+        min,
+        max,
         idle: Some(scale.idle),
         per_instance: Some(scale.per_instance.unwrap_or(concurrency.max(1) as f64)),
     };
@@ -101,7 +104,7 @@ pub async fn run(engine_args: &EngineArgs, args: AutoscaleArgs) -> anyhow::Resul
         args.worker_concurrency >= 1,
         "--worker-concurrency must be at least 1"
     );
-    let policy = policy(&args.scale, args.worker_concurrency)?;
+    let policy = policy(&args.scale, args.worker_concurrency, None)?;
     let mut extra_args = args.worker_args.clone();
     let (provider, local): (Arc<dyn ComputeProvider>, _) = match args.provider.as_str() {
         "local" => {

@@ -36,7 +36,9 @@ fn simulate(args: &SimulateArgs) -> anyhow::Result<()> {
         .iter()
         .map(|name| {
             let tuning = Tuning {
-                bounds: Some(bounds),
+                min: Some(bounds.min),
+                max: Some(bounds.max),
+                per_instance: Some(f64::from(args.concurrency)),
                 ..Tuning::default()
             };
             policy::by_name(name, &tuning).with_context(|| {

@@ -177,7 +177,10 @@ async fn app_tier(
         args.worker_concurrency >= 1,
         "--worker-concurrency must be at least 1"
     );
-    let policy = crate::cmd::autoscale::policy(&args.scale, args.worker_concurrency)?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let defaults = (1, u32::try_from(cores).unwrap_or(u32::MAX));
+    let policy =
+        crate::cmd::autoscale::policy(&args.scale, args.worker_concurrency, Some(defaults))?;
     let spec = LaunchSpec {
         engine: engine_args.engine.clone(),
         blobs: engine_args.blobs.clone(),

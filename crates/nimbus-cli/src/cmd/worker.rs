@@ -62,6 +62,12 @@ pub async fn run(engine: &EngineArgs, args: WorkerArgs) -> anyhow::Result<()> {
 /// adopted by another process, so the parent id changes).
 fn stop_with_parent(shutdown: tokio_util::sync::CancellationToken) {
     let parent = std::os::unix::process::parent_id();
+    if parent == 1 {
+        // Adopted by init already: the process that started this one is gone.
+        tracing::warn!("started by a process that has already ended; stopping");
+        shutdown.cancel();
+        return;
+    }
     tokio::spawn(async move {
         loop {
             tokio::select! {
