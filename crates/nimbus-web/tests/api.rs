@@ -546,6 +546,26 @@ async fn the_queues_view_shows_depths_and_a_redrive_moves_dead_letters_back() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    // A dead-letter queue that also takes another queue's messages is not emptied into one.
+    q.create_queue(&QueueName::new("other").unwrap(), &options)
+        .await
+        .unwrap();
+    let (status, v) = call(
+        &p.app,
+        "POST",
+        "/api/v1/queues/work/redrive",
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("also takes the messages of queue `other`"),
+        "{v}"
+    );
     for page in ["/fleet", "/queues"] {
         let (status, v) = call(&p.app, "GET", page, None, Body::empty()).await;
         assert_eq!(status, StatusCode::OK, "{page}");
