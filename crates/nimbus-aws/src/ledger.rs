@@ -69,7 +69,13 @@ impl DynamoLedger {
 
 fn number(attrs: &Attrs, name: &str) -> Option<i64> {
     match attrs.get(name) {
-        Some(AttributeValue::N(n)) => n.parse().ok(),
+        // DynamoDB writes integers as such; an emulator may write `4.0`.
+        Some(AttributeValue::N(n)) => n.parse().ok().or_else(|| {
+            n.parse::<f64>()
+                .ok()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        }),
         _ => None,
     }
 }
@@ -87,8 +93,28 @@ fn item(attrs: &Attrs) -> Result<Item> {
             _ => Bytes::new(),
         },
         counter: number(attrs, "c").unwrap_or(0),
-        version: version(attrs)?,
+        // Every write sets `ver`, so DynamoDB's items have one; moto, whose updates race, can
+        // store an item without it. Such an item reads as version 0, which a compare-and-swap
+        // on 0 matches (see `version_condition`), so the next write repairs it.
+        version: version(attrs).unwrap_or_else(|_| {
+            tracing::warn!("a ledger item has no version; read as 0");
+            0
+        }),
     })
+}
+
+/// The condition that an item is at version `expected` (0: an item without a version).
+fn version_condition(expected: u64) -> &'static str {
+    if expected == 0 {
+        "attribute_exists(pk) AND attribute_not_exists(ver)"
+    } else {
+        "ver = :expected"
+    }
+}
+
+/// The values [`version_condition`] names.
+fn version_values(expected: u64) -> Option<HashMap<String, AttributeValue>> {
+    (expected != 0).then(|| HashMap::from([(":expected".to_string(), n(expected))]))
 }
 
 /// Whether an SDK error is DynamoDB's "the condition did not hold".
@@ -116,10 +142,9 @@ impl DynamoLedger {
         match condition {
             Condition::Absent => Ok(1),
             Condition::Version(e) => Ok(e + 1),
-            Condition::Always => match self.get(key).await? {
-                Some(item) => Ok(item.version),
-                None => Err(error),
-            },
+            // The put landed; an item gone or without a version since reads as version 0, which
+            // a later compare-and-swap treats as a lost race (it reads again).
+            Condition::Always => Ok(self.get(key).await?.map_or(0, |item| item.version)),
         }
     }
 }
@@ -144,8 +169,8 @@ impl Ledger for DynamoLedger {
             Condition::Always => None,
             Condition::Absent => Some("attribute_not_exists(pk)"),
             Condition::Version(expected) => {
-                values.insert(":expected".to_string(), n(expected));
-                Some("ver = :expected")
+                values.extend(version_values(expected).unwrap_or_default());
+                Some(version_condition(expected))
             }
         };
         let result = self
@@ -198,10 +223,7 @@ impl Ledger for DynamoLedger {
             // Nothing to delete where the condition is that there is nothing.
             Condition::Absent => return Ok(false),
             Condition::Always => ("attribute_exists(pk)", None),
-            Condition::Version(expected) => (
-                "ver = :expected",
-                Some(HashMap::from([(":expected".to_string(), n(expected))])),
-            ),
+            Condition::Version(expected) => (version_condition(expected), version_values(expected)),
         };
         let result = self
             .clients
@@ -282,5 +304,48 @@ impl Ledger for DynamoLedger {
                 Ok((sort, item(attrs)?))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(pairs: &[(&str, AttributeValue)]) -> Attrs {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn items_an_emulator_wrote_oddly_still_read() {
+        let whole = attrs(&[
+            ("ver", n(3)),
+            ("c", n(-2)),
+            ("v", AttributeValue::B(Blob::new(b"x".to_vec()))),
+        ]);
+        let it = item(&whole).unwrap();
+        assert_eq!((it.version, it.counter, &it.value[..]), (3, -2, &b"x"[..]));
+        let decimal = attrs(&[
+            ("ver", AttributeValue::N("4.0".into())),
+            ("c", AttributeValue::N("7.0".into())),
+        ]);
+        assert_eq!(
+            (
+                item(&decimal).unwrap().version,
+                item(&decimal).unwrap().counter
+            ),
+            (4, 7)
+        );
+        let versionless = attrs(&[("c", n(1))]);
+        assert_eq!(item(&versionless).unwrap().version, 0, "read as version 0");
+        assert_eq!(
+            version_condition(0),
+            "attribute_exists(pk) AND attribute_not_exists(ver)"
+        );
+        assert_eq!(version_values(0), None);
+        assert_eq!(version_condition(5), "ver = :expected");
+        assert!(version(&attrs(&[("ver", AttributeValue::N("1.5".into()))])).is_err());
     }
 }
