@@ -268,17 +268,8 @@ fn a_hundred_classify_requests_through_nimbus_up_grow_its_app_tier_and_it_shrink
         report.contains("100 requests are sent. 100 responses are correct, 0 wrong, 0 failed."),
         "{report}"
     );
-    let peak = |f: &serde_json::Value| {
-        f["samples"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["running"].as_u64().unwrap())
-            .max()
-            .unwrap_or(0)
-    };
     assert_eq!(
-        peak(&fleet()),
+        common::peak_running(&fleet()),
         2,
         "the app tier grew to its cap: {}",
         fleet()["decisions"]

@@ -3,7 +3,6 @@
 #![cfg(feature = "aws")]
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -172,15 +171,7 @@ fn an_atoms_job_and_a_classify_job_run_through_web_and_worker_processes() {
     let d = Deployment::new();
     d.ok(&["aws", "up"]);
     let mut web = d.spawn(&["web", "--port", "0"]);
-    let mut line = String::new();
-    BufReader::new(web.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().trim_end_matches('/').to_string();
-    assert!(
-        url.starts_with("http://127.0.0.1:"),
-        "nimbus web printed {line:?}"
-    );
+    let url = common::printed_url(&mut web.0);
     let _workers: Vec<Killed> = (0..2)
         .map(|i| {
             d.spawn(&[

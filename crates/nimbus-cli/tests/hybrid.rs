@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -170,15 +169,7 @@ fn the_web_tier_in_one_cloud_and_the_app_tier_in_another_answer_100_requests() {
             .spawn()
             .unwrap(),
     );
-    let mut line = String::new();
-    BufReader::new(web.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().trim_end_matches('/').to_string();
-    assert!(
-        url.starts_with("http://127.0.0.1:"),
-        "nimbus web printed {line:?}"
-    );
+    let url = common::printed_url(&mut web.0);
 
     let dir = tempfile::tempdir().unwrap();
     common::photos(
@@ -202,13 +193,7 @@ fn the_web_tier_in_one_cloud_and_the_app_tier_in_another_answer_100_requests() {
     curl.args(["-s", "--max-time", "30", &format!("{url}/api/v1/fleet")]);
     let fleet: serde_json::Value = serde_json::from_str(&ok(curl)).unwrap();
     assert_eq!(fleet["policy"], "seed-004", "{fleet}");
-    let peak = fleet["samples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["running"].as_u64().unwrap())
-        .max()
-        .unwrap();
+    let peak = common::peak_running(&fleet);
     assert!(
         (1..=3).contains(&peak),
         "workers ran in the public cloud, at most 3: {fleet}"

@@ -3,7 +3,6 @@
 //! killed with -9 in the middle before another starts: every answer still comes, all correct.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -43,11 +42,7 @@ fn a_hundred_requests_are_all_answered_correctly_although_a_worker_is_killed() {
             .spawn()
             .unwrap(),
     );
-    let mut line = String::new();
-    BufReader::new(web.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().trim_end_matches('/').to_string();
+    let url = common::printed_url(&mut web.0);
     let worker = |id: &str| {
         Killed(
             nimbus(&db)

@@ -114,7 +114,6 @@ pub struct Up {
 impl Up {
     /// Starts it and waits for the URL it prints.
     pub fn start(data: &std::path::Path, cwd: &std::path::Path, args: &[&str]) -> Self {
-        use std::io::{BufRead, BufReader};
         use std::process::Stdio;
         let mut child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
             .args([
@@ -130,15 +129,7 @@ impl Up {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line.trim().trim_end_matches('/').to_string();
-        assert!(
-            url.starts_with("http://127.0.0.1:"),
-            "nimbus up printed {line:?}"
-        );
+        let url = printed_url(&mut child);
         Self { child, url }
     }
 }
@@ -148,4 +139,31 @@ impl Drop for Up {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The URL a `nimbus web` or `nimbus up` child prints first on its standard output (piped),
+/// without the trailing slash.
+pub fn printed_url(child: &mut Child) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout piped"))
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().trim_end_matches('/').to_string();
+    assert!(
+        url.starts_with("http://127.0.0.1:"),
+        "nimbus printed {line:?}"
+    );
+    url
+}
+
+/// The most workers running at once in an `/api/v1/fleet` answer.
+pub fn peak_running(fleet: &serde_json::Value) -> u64 {
+    fleet["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["running"].as_u64().unwrap())
+        .max()
+        .unwrap_or(0)
 }
