@@ -47,8 +47,28 @@ pub struct Machine {
 
 impl Machine {
     /// The user data that boots a worker running `spec`.
-    pub fn user_data_for(&self, spec: &LaunchSpec) -> String {
+    ///
+    /// The settings reach the worker through systemd's `EnvironmentFile`, whose
+    /// `$NIMBUS_WORKER_ARGS` is split at whitespace with no quoting: a worker argument with
+    /// whitespace, or any setting with a control character (it would end the cloud-init line),
+    /// is refused, naming it.
+    pub fn user_data_for(&self, spec: &LaunchSpec) -> Result<String> {
         let args = spec.worker_args();
+        if let Some(bad) = args.iter().find(|a| a.chars().any(char::is_whitespace)) {
+            return Err(Error::invalid(format!(
+                "worker argument `{bad}` holds whitespace, which the EC2 worker's systemd unit cannot pass; write it without spaces (e.g. `\\s` in a regex)"
+            )));
+        }
+        let values = [Some(&spec.engine), spec.blobs.as_ref()];
+        if let Some(bad) = values
+            .into_iter()
+            .flatten()
+            .find(|v| v.chars().any(char::is_control))
+        {
+            return Err(Error::invalid(format!(
+                "setting {bad:?} holds a control character"
+            )));
+        }
         let settings = [
             ("NIMBUS_ENGINE=", Some(spec.engine.clone())),
             ("NIMBUS_BLOBS=", spec.blobs.clone()),
@@ -70,7 +90,7 @@ impl Machine {
                 out.push_str(POWER_OFF_WHEN_IDLE);
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -182,7 +202,7 @@ impl ComputeProvider for Ec2Provider {
             .min_count(count)
             .max_count(count)
             .user_data(aws_smithy_types::base64::encode(
-                machine.user_data_for(spec).as_bytes(),
+                machine.user_data_for(spec)?.as_bytes(),
             ))
             .set_iam_instance_profile(profile)
             .tag_specifications(tags)
@@ -262,7 +282,7 @@ mod tests {
             exit_when_idle: None,
             extra_args: vec![],
         };
-        let data = machine.user_data_for(&spec);
+        let data = machine.user_data_for(&spec).unwrap();
         assert!(data.starts_with("#cloud-config\n"), "{data}");
         assert!(
             data.contains("      NIMBUS_ENGINE=aws://?region=eu-west-1&prefix=demo-\n"),
@@ -288,12 +308,27 @@ mod tests {
             exit_when_idle: Some(std::time::Duration::from_secs(10)),
             ..spec
         };
-        let data = machine.user_data_for(&idle);
+        let data = machine.user_data_for(&idle).unwrap();
         assert!(data.contains("--exit-when-idle 10000ms"), "{data}");
         assert!(
             data.contains("write_files:\n  - path: /etc/systemd/system/nimbus-worker.service.d/power-off-when-idle.conf\n"),
             "{data}"
         );
         assert!(data.contains("      SuccessAction=poweroff\n"), "{data}");
+        let spaced = LaunchSpec {
+            extra_args: vec!["--allow-exec=sleep .*".into()],
+            ..LaunchSpec::default()
+        };
+        let err = machine.user_data_for(&spaced).unwrap_err().to_string();
+        assert!(
+            err.contains("worker argument `--allow-exec=sleep .*` holds whitespace"),
+            "{err}"
+        );
+        let injected = LaunchSpec {
+            engine: "aws://?prefix=x\nruncmd: [reboot]".into(),
+            ..LaunchSpec::default()
+        };
+        let err = machine.user_data_for(&injected).unwrap_err().to_string();
+        assert!(err.contains("control character"), "{err}");
     }
 }

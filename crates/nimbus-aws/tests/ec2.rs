@@ -122,7 +122,7 @@ async fn deployments_are_kept_apart_by_their_tag() {
 #[tokio::test]
 async fn the_launch_intent_travels_in_the_user_data() {
     // What the instance boots with, as cloud-init reads it: the worker's engine and queues.
-    let data = machine().user_data_for(&spec());
+    let data = machine().user_data_for(&spec()).unwrap();
     assert!(
         data.contains("NIMBUS_ENGINE=aws://?region=us-east-1&prefix=demo-"),
         "{data}"

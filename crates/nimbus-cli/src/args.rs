@@ -285,8 +285,8 @@ pub struct AutoscaleArgs {
     /// Tasks each worker runs at once.
     #[arg(long, default_value_t = 4)]
     pub worker_concurrency: usize,
-    /// A further argument for every worker, e.g. --worker-arg=--allow-exec='sleep .*'
-    /// (repeatable).
+    /// A further argument for every worker (repeatable), e.g. --worker-arg=--allow-exec='sleep .*';
+    /// on EC2, whose worker unit splits its arguments at whitespace, without spaces.
     #[arg(long = "worker-arg", allow_hyphen_values = true)]
     pub worker_args: Vec<String>,
     /// The engine URL as the workers reach it (default: the --engine URL).
