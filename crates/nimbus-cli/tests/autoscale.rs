@@ -230,14 +230,7 @@ async fn a_burst_of_2000_tasks_grows_the_fleet_to_its_cap_survives_a_kill_9_and_
 #[test]
 fn a_hundred_classify_requests_through_nimbus_up_grow_its_app_tier_and_it_shrinks_back() {
     let dir = tempfile::tempdir().unwrap();
-    common::photos(
-        dir.path(),
-        &[
-            ("chelsea.png", "cat"),
-            ("coffee.png", "espresso"),
-            ("camera.png", "tripod"),
-        ],
-    );
+    common::photos(dir.path(), common::THREE_PHOTOS);
     // Started from a folder that is not the checkout: the model is found all the same.
     let up = Up::start(
         dir.path(),

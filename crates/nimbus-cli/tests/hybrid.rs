@@ -172,14 +172,7 @@ fn the_web_tier_in_one_cloud_and_the_app_tier_in_another_answer_100_requests() {
     let url = common::printed_url(&mut web.0);
 
     let dir = tempfile::tempdir().unwrap();
-    common::photos(
-        dir.path(),
-        &[
-            ("chelsea.png", "cat"),
-            ("coffee.png", "espresso"),
-            ("camera.png", "tripod"),
-        ],
-    );
+    common::photos(dir.path(), common::THREE_PHOTOS);
     let bench = common::bench_classify(&url, dir.path(), 100);
     let mut in_private = Clouds::exec(&clouds.private, bench.get_program().to_str().unwrap());
     in_private.args(bench.get_args());

@@ -34,10 +34,6 @@ const LOAD_FRESH: Duration = Duration::from_secs(10);
 /// How long a launched instance may take to show in the provider's listing.
 const LAUNCH_VISIBLE: Duration = Duration::from_secs(60);
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// What the loop watches and launches.
 #[derive(Debug, Clone)]
 pub struct AutoscalerConfig {
@@ -148,7 +144,7 @@ pub struct Autoscaler {
     last_total: u64,
     status: FleetStatus,
     /// Instances launched lately, with when: counted until the provider lists them.
-    launched: std::sync::Mutex<Vec<(String, Instant)>>,
+    launched: Vec<(String, Instant)>,
 }
 
 impl std::fmt::Debug for Autoscaler {
@@ -183,7 +179,7 @@ impl Autoscaler {
             last_action: None,
             last_total: 0,
             status,
-            launched: std::sync::Mutex::new(Vec::new()),
+            launched: Vec::new(),
         }
     }
 
@@ -289,11 +285,10 @@ impl Autoscaler {
         let wall = SystemTime::now();
         // A provider's listing may lag its launches (EC2's is eventually consistent): what was
         // launched lately and is not listed yet counts as pending, so it is not launched twice.
-        let mut launched = lock(&self.launched);
-        launched.retain(|(id, at)| {
+        self.launched.retain(|(id, at)| {
             now - *at < LAUNCH_VISIBLE && !instances.iter().any(|i| &i.id == id)
         });
-        let unlisted = launched.iter().map(|(id, at)| InstanceView {
+        let unlisted = self.launched.iter().map(|(id, at)| InstanceView {
             id: id.clone(),
             state: InstanceState::Pending,
             age: now - *at,
@@ -301,7 +296,6 @@ impl Autoscaler {
             idle_for: None,
         });
         let unlisted: Vec<InstanceView> = unlisted.collect();
-        drop(launched);
         Snapshot {
             queues,
             instances: instances
@@ -329,14 +323,14 @@ impl Autoscaler {
     }
 
     /// Carries out `actions`; the errors, each logged, for the record.
-    async fn apply(&self, actions: &[Action]) -> Vec<String> {
+    async fn apply(&mut self, actions: &[Action]) -> Vec<String> {
         let mut errors = Vec::new();
         for action in actions {
             let result = match action {
                 Action::Launch(n) => match self.provider.launch(&self.config.spec, *n).await {
                     Ok(ids) => {
                         let now = Instant::now();
-                        lock(&self.launched).extend(ids.into_iter().map(|id| (id, now)));
+                        self.launched.extend(ids.into_iter().map(|id| (id, now)));
                         Ok(())
                     }
                     Err(e) => Err(e),

@@ -56,7 +56,7 @@ pub struct LocalProvider {
     slots: Mutex<BTreeMap<String, Slot>>,
     /// Processes of terminated slots, until they have ended.
     leaving: Mutex<Vec<Supervised>>,
-    next: Mutex<u64>,
+    next: std::sync::atomic::AtomicU64,
 }
 
 impl LocalProvider {
@@ -70,7 +70,7 @@ impl LocalProvider {
             log_dir: None,
             slots: Mutex::new(BTreeMap::new()),
             leaving: Mutex::new(Vec::new()),
-            next: Mutex::new(0),
+            next: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -178,11 +178,8 @@ impl ComputeProvider for LocalProvider {
         }
         let mut ids = Vec::new();
         for _ in 0..count {
-            let id = {
-                let mut next = lock(&self.next);
-                *next += 1;
-                format!("{}-{}", self.prefix, *next)
-            };
+            let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let id = format!("{}-{n}", self.prefix);
             let process_spec = self.render(spec, &id);
             let process =
                 Supervised::spawn(&process_spec).map_err(|e| spawn_error(e, &process_spec))?;

@@ -70,12 +70,10 @@ impl Snapshot {
         self.visible() + self.in_flight()
     }
 
-    fn in_state(&self, states: &[InstanceState]) -> std::vec::IntoIter<&InstanceView> {
+    fn in_state(&self, states: &'static [InstanceState]) -> impl Iterator<Item = &InstanceView> {
         self.instances
             .iter()
-            .filter(|i| states.contains(&i.state))
-            .collect::<Vec<_>>()
-            .into_iter()
+            .filter(move |i| states.contains(&i.state))
     }
 
     /// Pending or running: instances that work or soon will.
@@ -89,12 +87,6 @@ impl Snapshot {
         let mut stopped: Vec<_> = self.in_state(&[InstanceState::Stopped]).collect();
         stopped.sort_by(|a, b| b.age.cmp(&a.age).then_with(|| a.id.cmp(&b.id)));
         stopped
-    }
-
-    /// Instances that are stopping or shutting down: on their way out, counted by no policy.
-    pub fn leaving(&self) -> usize {
-        self.in_state(&[InstanceState::Stopping, InstanceState::ShuttingDown])
-            .count()
     }
 
     /// Running instances that may be scaled in, the youngest first (it has done the least and
@@ -144,18 +136,6 @@ impl Decision {
             actions: Vec::new(),
             reason: reason.into(),
         }
-    }
-
-    /// How many instances the actions add (started and launched) less those they remove.
-    pub fn net_change(&self) -> i64 {
-        self.actions
-            .iter()
-            .map(|a| match a {
-                Action::Start(ids) => ids.len() as i64,
-                Action::Launch(n) => i64::from(*n),
-                Action::Stop(ids) | Action::Terminate(ids) => -(ids.len() as i64),
-            })
-            .sum()
     }
 }
 
@@ -393,15 +373,14 @@ impl Backlog {
     /// Idle instances to stop: those known idle long enough, down to the need now; then those
     /// of unknown load, down to the highest need over the window.
     fn scale_in(&self, s: &Snapshot, need: u64) -> Vec<String> {
-        let active = s.active();
-        let a = count(active.len());
-        let mut known: Vec<&InstanceView> = active
-            .iter()
-            .copied()
-            .filter(|i| i.state == InstanceState::Running)
-            .filter(|i| i.busy == Some(0) && i.idle_for.is_some_and(|d| d >= self.idle))
+        let a = count(s.active().len());
+        // Both kinds come from the idle instances, the youngest first.
+        let (known, unknown): (Vec<&InstanceView>, Vec<&InstanceView>) =
+            s.idle().into_iter().partition(|i| i.busy.is_some());
+        let known: Vec<&InstanceView> = known
+            .into_iter()
+            .filter(|i| i.idle_for.is_some_and(|d| d >= self.idle))
             .collect();
-        known.sort_by(|x, y| x.age.cmp(&y.age).then_with(|| x.id.cmp(&y.id)));
         let mut stop = ids(&known, usize::try_from(a.saturating_sub(need)).unwrap_or(0));
         let seen_a_window = s.history.iter().any(|(age, _)| *age >= self.window);
         if seen_a_window {
@@ -416,8 +395,6 @@ impl Backlog {
             let more = usize::try_from(a.saturating_sub(floor))
                 .unwrap_or(0)
                 .saturating_sub(stop.len());
-            let unknown: Vec<&InstanceView> =
-                s.idle().into_iter().filter(|i| i.busy.is_none()).collect();
             stop.extend(ids(&unknown, more));
         }
         stop

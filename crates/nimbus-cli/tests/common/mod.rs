@@ -68,6 +68,13 @@ pub const SIGTERM: u32 = 15;
 /// must contain.
 pub const PHOTOS: &str = "/usr/lib/python3/dist-packages/skimage/data";
 
+/// Three sample photos and the words their labels must contain.
+pub const THREE_PHOTOS: &[(&str, &str)] = &[
+    ("chelsea.png", "cat"),
+    ("coffee.png", "espresso"),
+    ("camera.png", "tripod"),
+];
+
 /// Copies `names` of [`PHOTOS`] into `dir/images` and writes `dir/expect.csv` for
 /// `nimbus bench classify --expect`; the images folder.
 pub fn photos(dir: &std::path::Path, names: &[(&str, &str)]) -> std::path::PathBuf {
