@@ -48,7 +48,22 @@ pub struct WebConfig {
     /// without its model): classify requests then get a 503 saying so instead of waiting in a
     /// queue nothing serves.
     pub classify_off: Option<String>,
+    /// This replica's place in a cluster (`nimbus cluster up`, seed 003), answered on its path.
+    pub instance: Option<Instance>,
 }
+
+/// A replica of a cluster: `GET <path>` answers which instance responded, as seed 003's app did,
+/// in its body and in the `x-nimbus-instance` header (which `nimbus bench http` counts by).
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// The cluster's path, such as `/cluster1`.
+    pub path: String,
+    /// This replica's name, such as `cluster1-2`.
+    pub id: String,
+}
+
+/// The header a cluster replica names itself in.
+pub const INSTANCE_HEADER: &str = "x-nimbus-instance";
 
 impl Default for WebConfig {
     fn default() -> Self {
@@ -61,6 +76,7 @@ impl Default for WebConfig {
             classify_wait: Duration::from_secs(30),
             max_classify_wait: Duration::from_secs(120),
             classify_off: None,
+            instance: None,
         }
     }
 }
@@ -109,7 +125,12 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let upload_limit = state.config.upload_limit;
     let image_upload_limit = state.config.max_upload_bytes;
-    Router::new()
+    let mut router = Router::new();
+    if let Some(instance) = state.config.instance.clone() {
+        let path = instance.path.clone();
+        router = router.route(&path, get(move || instance_answer(instance.clone())));
+    }
+    router
         .route("/", get(pages::home))
         .route("/jobs/{id}", get(pages::job_page))
         .route("/healthz", get(|| async { "ok" }))
@@ -144,16 +165,20 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async {
             ApiError::not_found("no such page or endpoint; see /api/v1/openapi.json")
         })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
+        .layer(state.metrics.layer())
         .with_state(state)
+}
+
+async fn instance_answer(instance: Instance) -> impl IntoResponse {
+    (
+        [(INSTANCE_HEADER, instance.id.clone())],
+        format!("Instance {} of {} is responding now!\n", instance.id, instance.path),
+    )
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, nimbus_metrics::CONTENT_TYPE)],
         metrics::render(&state).await,
     )
 }
