@@ -3,6 +3,8 @@
 pub mod atoms;
 pub mod classify;
 pub mod engine;
+pub mod http;
+pub mod http_report;
 pub mod raw_sqlite;
 pub mod tasks;
 

@@ -64,6 +64,14 @@ pub enum Command {
     /// Elasticity: replay request traces against the scaling policies.
     #[command(subcommand)]
     Scale(ScaleCmd),
+    /// Run the L7 load balancer: path rules to target groups, health checks, retries, metrics
+    /// (seed 003's ALB). The simple case on flags alone: --listen ADDR --target ADDR --target ..;
+    /// the rest from a TOML file (--config), reloaded on SIGHUP.
+    Lb(LbArgs),
+    /// Seed 003's load-balanced clusters on this machine: replicas of the web tier behind the
+    /// load balancer with path routing. Ctrl-C stops them all.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Provision, inspect and remove a deployment on AWS (--engine aws://.. --blobs s3://..).
     #[cfg(feature = "aws")]
     #[command(subcommand)]
@@ -147,6 +155,68 @@ pub enum AwsCmd {
     Status,
 }
 
+/// `nimbus lb`.
+#[derive(Debug, Clone, Args)]
+pub struct LbArgs {
+    /// A TOML configuration (listeners, rules, groups, health checks; see docs/lb.md); SIGHUP
+    /// reloads it.
+    #[arg(long, conflicts_with_all = ["listen", "targets", "balance", "health_path", "tls_cert"])]
+    pub config: Option<PathBuf>,
+    /// Where clients connect.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub listen: std::net::SocketAddr,
+    /// A target, HOST:PORT (repeatable): one group, every path to it.
+    #[arg(long = "target")]
+    pub targets: Vec<String>,
+    /// round-robin or least-outstanding.
+    #[arg(long, default_value = "round-robin")]
+    pub balance: String,
+    /// The targets' health check path.
+    #[arg(long, default_value = "/healthz")]
+    pub health_path: String,
+    /// Serve the balancer's /metrics, /status and /status.json here.
+    #[arg(long)]
+    pub admin: Option<std::net::SocketAddr>,
+    /// Serve HTTPS on --listen with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `nimbus cluster ...`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Start N clusters of R `nimbus web` replicas each (replica `clusterC-R` answers its
+    /// instance id on `/clusterC`) and the load balancer in front: `/clusterC` and `/clusterC/*`
+    /// go to cluster C, every other path to all replicas.
+    Up(ClusterUpArgs),
+}
+
+/// `nimbus cluster up`.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterUpArgs {
+    /// Clusters.
+    #[arg(long, default_value_t = 2)]
+    pub clusters: u32,
+    /// Replicas per cluster.
+    #[arg(long, default_value_t = 4)]
+    pub replicas: u32,
+    /// Address of the balancer and the replicas.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
+    /// The balancer's port (0: any free port).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// The balancer's admin port (/metrics, /status); default: any free port.
+    #[arg(long, default_value_t = 0)]
+    pub admin_port: u16,
+    /// round-robin or least-outstanding.
+    #[arg(long, default_value = "round-robin")]
+    pub balance: String,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct WebArgs {
     /// Address to listen on.
@@ -164,6 +234,12 @@ pub struct WebArgs {
     /// Most atom evaluations (grid points x atoms) of one job.
     #[arg(long, default_value_t = 2e11)]
     pub max_work: f64,
+    /// As a replica of a cluster (seed 003): answer `GET PATH` with this replica's instance id.
+    #[arg(long)]
+    pub cluster_path: Option<String>,
+    /// This replica's name in its cluster (default: HOST-PID).
+    #[arg(long, requires = "cluster_path")]
+    pub instance_id: Option<String>,
 }
 
 /// Where the image model is.
@@ -540,6 +616,11 @@ pub enum LedgerCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
+    /// HTTP load: closed loop (--connections) or open loop (--rate, latency from the planned
+    /// send time), HdrHistogram percentiles, figures per time bucket and per target; with
+    /// --scenario seed-003, seed 003's benchmark through a balancer (--out writes its report:
+    /// JSON, table, PNG charts, HTML).
+    Http(BenchHttpArgs),
     /// Throughput of the engine's queue: sends, receive+delete, round trips; beside a minimal
     /// queue on raw SQLite as the ceiling.
     Engine {
@@ -647,6 +728,53 @@ pub enum BenchCmd {
         #[arg(long)]
         celery: bool,
     },
+}
+
+/// `nimbus bench http`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchHttpArgs {
+    /// The URL loaded; with --scenario, the balancer's base URL (its paths come from --paths).
+    pub url: String,
+    /// Connections (closed loop: requests in flight; open loop: the most in flight). Default:
+    /// 64, or 4 for the scenario.
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Open loop: requests per second, planned whatever the answers take.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// How long to load (default 10 s unless --requests).
+    #[arg(long, value_parser = duration, conflicts_with = "requests")]
+    pub duration: Option<Duration>,
+    /// Requests in all.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// A built-in scenario: seed-003 (per path: --first requests, --pause, --second more).
+    #[arg(long)]
+    pub scenario: Option<String>,
+    /// The scenario's paths, one cluster each.
+    #[arg(long, value_delimiter = ',', default_value = "/cluster1,/cluster2")]
+    pub paths: Vec<String>,
+    /// The scenario's requests before the pause.
+    #[arg(long, default_value_t = 1000)]
+    pub first: u64,
+    /// The scenario's requests after the pause.
+    #[arg(long, default_value_t = 1500)]
+    pub second: u64,
+    /// The scenario's pause (the seed's one minute).
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    pub pause: Duration,
+    /// The width of a time bucket in the figures (default: 10 s for the scenario, 1 s else).
+    #[arg(long, value_parser = duration)]
+    pub bucket: Option<Duration>,
+    /// The longest wait for one answer.
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    pub timeout: Duration,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the report into this directory: report.json, report.txt, PNG charts, report.html.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[cfg(test)]

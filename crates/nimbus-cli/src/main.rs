@@ -44,6 +44,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(c) => cmd::bench::run(&cli.engine, c).await,
         Command::Autoscale(a) => cmd::autoscale::run(&cli.engine, a).await,
         Command::Scale(c) => cmd::scale::run(c),
+        Command::Lb(a) => cmd::lb::run(a).await,
+        Command::Cluster(crate::args::ClusterCmd::Up(a)) => cmd::cluster::up(&cli.engine, a).await,
         #[cfg(feature = "aws")]
         Command::Aws(c) => cmd::aws::run(&cli.engine, c).await,
     }

@@ -28,30 +28,10 @@ fn output_dir(name: &str) -> PathBuf {
 /// Runs `tests/browser/SCRIPT URL SHOTS ARGS...` against a fresh `nimbus up`; its output, after
 /// checking it succeeded.
 fn run_browser_script(script: &str, args: &[String]) -> (String, PathBuf) {
-    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser");
-    assert!(
-        browser_dir.join("node_modules/playwright-core").exists() && Path::new("/usr/bin/chromium").exists(),
-        "the browser tests need Debian's chromium and playwright-core: run ./scripts/test.sh, which installs them"
-    );
     let data = tempfile::tempdir().unwrap();
     let up = Up::start(data.path(), &checkout(), &[]);
     let shots = output_dir("browser");
-    let out = Command::new("node")
-        .arg(browser_dir.join(script))
-        .arg(&up.url)
-        .arg(&shots)
-        .args(args)
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "browser test {script} failed: {report}"
-    );
+    let report = common::run_browser(script, &up.url, &shots, args);
     (report, shots)
 }
 

@@ -41,14 +41,48 @@ pub fn table(outcomes: &[Outcome]) -> String {
 /// A chart error (plotters reports its backend's errors as text).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot draw the chart: {0}")]
-pub struct ChartError(String);
+pub struct ChartError(pub String);
 
 fn chart_error(e: impl std::fmt::Display) -> ChartError {
     ChartError(e.to_string())
 }
 
+/// Where a TrueType font for the charts' text is looked for, after `$NIMBUS_FONT`.
+const FONTS: [&str; 6] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/liberation2/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
+    "/System/Library/Fonts/Supplemental/Arial.ttf",
+];
+
+/// Registers the charts' font (`sans-serif`) once: `$NIMBUS_FONT`, else the first of
+/// [`FONTS`] this machine has. Every chart calls it first: text is laid out with it, in SVG
+/// as in PNG.
+pub fn fonts() -> Result<(), ChartError> {
+    static FONT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    FONT.get_or_init(|| {
+        let given = std::env::var("NIMBUS_FONT").ok();
+        let path = given
+            .iter()
+            .map(String::as_str)
+            .chain(FONTS)
+            .find(|p| std::path::Path::new(p).is_file())
+            .ok_or_else(|| {
+                "no TrueType font found for the charts' text: install fonts-dejavu-core or set NIMBUS_FONT to a .ttf file".to_string()
+            })?;
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into_boxed_slice()))
+            .map_err(|_| format!("{path} is not a TrueType font"))
+    })
+    .clone()
+    .map_err(ChartError)
+}
+
 /// An SVG chart of the active instances over time for each outcome.
 pub fn chart(title: &str, outcomes: &[Outcome]) -> Result<String, ChartError> {
+    fonts()?;
     let x_max = outcomes
         .iter()
         .flat_map(|o| o.fleet.last().map(|&(t, _)| t))

@@ -11,10 +11,11 @@ use nimbus_bench::tasks::{
 use nimbus_bench::{median, raw_sqlite};
 use nimbus_sqlite::{SqliteEngine, SqliteOptions};
 
-use crate::args::{BenchCmd, EngineArgs};
+use crate::args::{BenchCmd, BenchHttpArgs, EngineArgs};
 
 pub async fn run(_engine: &EngineArgs, cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
+        BenchCmd::Http(a) => http(a).await,
         BenchCmd::Engine {
             messages,
             payload,
@@ -560,4 +561,68 @@ async fn celery_peer(count: usize, workers: usize) -> anyhow::Result<f64> {
         .find_map(|l| l.strip_prefix("tasks_per_second "))
         .and_then(|v| v.trim().parse().ok())
         .context("the Celery script printed no tasks_per_second line")
+}
+
+/// `nimbus bench http`: one load, or seed 003's scenario.
+async fn http(a: BenchHttpArgs) -> anyhow::Result<()> {
+    use nimbus_bench::http::{self as bench, Endpoint, Load, Mode, Scenario, Stop};
+    let endpoint = Endpoint::parse(&a.url)?;
+    anyhow::ensure!(
+        a.connections.is_none_or(|c| (1..=10_000).contains(&c)),
+        "--connections must be 1 to 10000"
+    );
+    anyhow::ensure!(
+        a.rate.is_none_or(|r| r > 0.0 && r.is_finite()),
+        "--rate must be above 0 requests per second"
+    );
+    let report = match a.scenario.as_deref() {
+        Some("seed-003") => {
+            anyhow::ensure!(
+                !a.paths.is_empty() && a.paths.iter().all(|p| p.starts_with('/')),
+                "--paths: one or more paths starting with /"
+            );
+            let scenario = Scenario {
+                base: endpoint,
+                paths: a.paths.clone(),
+                first: a.first,
+                second: a.second,
+                pause: a.pause,
+                connections: a.connections.unwrap_or(4),
+                timeout: a.timeout,
+            };
+            let bucket = a.bucket.unwrap_or(Duration::from_secs(10));
+            bench::run_scenario(&scenario, bucket, |line| eprintln!("{line}")).await?
+        }
+        Some(other) => anyhow::bail!("unknown scenario `{other}`: seed-003"),
+        None => {
+            let stop = match (a.requests, a.duration) {
+                (Some(0), _) => anyhow::bail!("--requests must be at least 1"),
+                (Some(n), _) => Stop::Requests(n),
+                (None, Some(d)) => Stop::After(d),
+                (None, None) => Stop::After(Duration::from_secs(10)),
+            };
+            let load = Load {
+                endpoint,
+                mode: a.rate.map_or(Mode::Closed, |rate| Mode::Open { rate }),
+                connections: a.connections.unwrap_or(64),
+                stop,
+                timeout: a.timeout,
+            };
+            bench::run(&load, a.bucket.unwrap_or(Duration::from_secs(1))).await?
+        }
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", bench::table(&report));
+    }
+    if let Some(dir) = &a.out {
+        let written = nimbus_bench::http_report::write(&report, dir)?;
+        eprintln!(
+            "report written: {} ({} files)",
+            dir.join("report.html").display(),
+            written.len()
+        );
+    }
+    Ok(())
 }

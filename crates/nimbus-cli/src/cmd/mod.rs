@@ -4,6 +4,8 @@ pub mod autoscale;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod bench;
+pub mod cluster;
+pub mod lb;
 pub mod ledger;
 pub mod queue;
 pub mod scale;

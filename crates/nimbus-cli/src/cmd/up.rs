@@ -38,12 +38,20 @@ async fn start_web(
         max_atoms: args.max_atoms,
         max_work: args.max_work,
     };
+    let instance = match &args.cluster_path {
+        Some(path) => Some(nimbus_web::Instance {
+            path: cluster_path(path)?,
+            id: args.instance_id.clone().unwrap_or_else(default_worker_id),
+        }),
+        None => None,
+    };
     let state = AppState::new(
         engine.clone(),
         WebConfig {
             limits,
             replica: format!("web-{}", queue_safe(&default_worker_id())),
             classify_off,
+            instance,
             ..WebConfig::default()
         },
     );
@@ -67,6 +75,19 @@ pub async fn web(engine: &EngineArgs, args: WebArgs) -> anyhow::Result<()> {
     nimbus_web::serve(listener, state, shutdown).await?;
     pump.await?;
     Ok(())
+}
+
+/// `path` when it can be a cluster's path: `/` and then letters, digits, `-`, `_`, `.` or `/`.
+fn cluster_path(path: &str) -> anyhow::Result<String> {
+    let ok = path.len() > 1
+        && path.len() <= 128
+        && path.starts_with('/')
+        && path.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    anyhow::ensure!(
+        ok,
+        "--cluster-path `{path}`: `/` and then letters, digits, `-`, `_`, `.` or `/` (at most 128)"
+    );
+    Ok(path.to_string())
 }
 
 /// `name` with every character a queue name may not hold as `-`, at most 60 characters.

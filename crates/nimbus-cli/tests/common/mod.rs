@@ -174,3 +174,27 @@ pub fn peak_running(fleet: &serde_json::Value) -> u64 {
         .max()
         .unwrap_or(0)
 }
+
+/// Runs `tests/browser/SCRIPT URL SHOTS ARGS...` in headless Chromium; its output, after checking
+/// it succeeded.
+pub fn run_browser(script: &str, url: &str, shots: &std::path::Path, args: &[String]) -> String {
+    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists() && std::path::Path::new("/usr/bin/chromium").exists(),
+        "the browser tests need Debian's chromium and playwright-core: run ./scripts/test.sh, which installs them"
+    );
+    let out = Command::new("node")
+        .arg(browser_dir.join(script))
+        .arg(url)
+        .arg(shots)
+        .args(args)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "browser test {script} failed: {report}");
+    report
+}
