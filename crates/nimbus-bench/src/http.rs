@@ -1,7 +1,7 @@
 //! `nimbus bench http`: an HTTP load generator. Closed loop (N connections, each sending its
-//! next request when the last is answered) or open loop (a constant rate; each request's latency
-//! counts from the time it was planned to be sent, so a stall is not hidden by the requests it
-//! delayed: no coordinated omission). HdrHistogram percentiles; figures per time bucket, per
+//! next request when the last is answered) or open loop (a constant rate; a request held back
+//! because the answers were slow is timed from when it was planned to be sent, so a stall is not
+//! hidden by the requests it delayed: no coordinated omission). HdrHistogram percentiles; figures per time bucket, per
 //! path and per target (the `x-nimbus-instance` header a cluster replica answers with); seed
 //! 003's scenario built in.
 
@@ -58,7 +58,11 @@ impl Endpoint {
             .authority()
             .ok_or_else(|| HttpBenchError::Url(format!("`{url}` has no host")))?;
         let port = authority.port_u16().unwrap_or(80);
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(authority.host(), port))
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
             .ok()
             .and_then(|mut a| a.next())
             .ok_or_else(|| HttpBenchError::Url(format!("cannot resolve `{}`", authority.host())))?;
@@ -238,8 +242,16 @@ impl Recorder {
         }
     }
 
-    fn record(&mut self, path: u16, planned: Instant, done: Instant, answer: Option<(u16, Option<&str>)>) {
-        let micros = u64::try_from(done.saturating_duration_since(planned).as_micros()).unwrap_or(u64::MAX).max(1);
+    fn record(
+        &mut self,
+        path: u16,
+        planned: Instant,
+        done: Instant,
+        answer: Option<(u16, Option<&str>)>,
+    ) {
+        let micros = u64::try_from(done.saturating_duration_since(planned).as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let _ = self.all.record(micros.min(600_000_000));
         self.last = self.last.max(done);
         let (failed, target) = match answer {
@@ -261,7 +273,8 @@ impl Recorder {
             None => *self.targets.entry(target.to_string()).or_insert(next),
         };
         let bucket = u32::try_from(
-            planned.saturating_duration_since(self.started).as_nanos() / self.bucket.as_nanos().max(1),
+            planned.saturating_duration_since(self.started).as_nanos()
+                / self.bucket.as_nanos().max(1),
         )
         .unwrap_or(u32::MAX);
         let cell = self.cells.entry((bucket, path, t)).or_default();
@@ -296,7 +309,8 @@ impl Recorder {
     }
 
     fn report(&self, url: &str, mode: Mode, connections: usize) -> Report {
-        let names: HashMap<u16, &str> = self.targets.iter().map(|(k, &v)| (v, k.as_str())).collect();
+        let names: HashMap<u16, &str> =
+            self.targets.iter().map(|(k, &v)| (v, k.as_str())).collect();
         let mut buckets: Vec<BucketRow> = self
             .cells
             .iter()
@@ -318,12 +332,18 @@ impl Recorder {
         for row in &buckets {
             *per_target.entry(row.target.clone()).or_default() += row.requests;
         }
-        let mut statuses: BTreeMap<String, u64> =
-            self.statuses.iter().map(|(s, n)| (s.to_string(), *n)).collect();
+        let mut statuses: BTreeMap<String, u64> = self
+            .statuses
+            .iter()
+            .map(|(s, n)| (s.to_string(), *n))
+            .collect();
         if self.failures > 0 {
             statuses.insert("error".into(), self.failures);
         }
-        let seconds = self.last.saturating_duration_since(self.started).as_secs_f64();
+        let seconds = self
+            .last
+            .saturating_duration_since(self.started)
+            .as_secs_f64();
         let requests = self.all.len();
         Report {
             url: url.to_string(),
@@ -339,7 +359,11 @@ impl Recorder {
             seconds,
             requests,
             errors: self.errors,
-            requests_per_second: if seconds > 0.0 { requests as f64 / seconds } else { 0.0 },
+            requests_per_second: if seconds > 0.0 {
+                requests as f64 / seconds
+            } else {
+                0.0
+            },
             latency: Latencies::of(&self.all),
             statuses,
             per_target,
@@ -356,42 +380,61 @@ struct Connection {
 }
 
 impl Connection {
+    /// One request; a kept-alive connection the server closed meanwhile is made again once.
     async fn send(&mut self, path: &str, timeout: Duration) -> Option<(u16, Option<String>)> {
-        let exchange = async {
-            if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-                let stream = tokio::net::TcpStream::connect(self.endpoint.addr).await.ok()?;
-                let _ = stream.set_nodelay(true);
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
-                tokio::spawn(connection);
-                self.sender = Some(sender);
-            }
-            let sender = self.sender.as_mut()?;
-            sender.ready().await.ok()?;
-            let request = http::Request::get(path)
-                .header(http::header::HOST, &self.endpoint.authority)
-                .body(Empty::new())
-                .ok()?;
-            let response = sender.send_request(request).await.ok()?;
-            let status = response.status().as_u16();
-            let target = response
-                .headers()
-                .get(INSTANCE_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            response.into_body().collect().await.ok()?;
-            Some((status, target))
-        };
-        let answer = tokio::time::timeout(timeout, exchange).await.ok().flatten();
+        let reused = self.sender.as_ref().is_some_and(|s| !s.is_closed());
+        let answer = tokio::time::timeout(timeout, self.exchange(path))
+            .await
+            .ok()
+            .flatten();
         if answer.is_none() {
             self.sender = None;
+            if reused {
+                return tokio::time::timeout(timeout, self.exchange(path))
+                    .await
+                    .ok()
+                    .flatten();
+            }
         }
         answer
+    }
+
+    async fn exchange(&mut self, path: &str) -> Option<(u16, Option<String>)> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let stream = tokio::net::TcpStream::connect(self.endpoint.addr)
+                .await
+                .ok()?;
+            let _ = stream.set_nodelay(true);
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .ok()?;
+            tokio::spawn(connection);
+            self.sender = Some(sender);
+        }
+        let sender = self.sender.as_mut()?;
+        sender.ready().await.ok()?;
+        let request = http::Request::get(path)
+            .header(http::header::HOST, &self.endpoint.authority)
+            .body(Empty::new())
+            .ok()?;
+        let response = sender.send_request(request).await.ok()?;
+        let status = response.status().as_u16();
+        let target = response
+            .headers()
+            .get(INSTANCE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        response.into_body().collect().await.ok()?;
+        Some((status, target))
     }
 }
 
 /// Runs `load` from a shared start; returns what it measured.
-async fn run_into(load: &Load, path_index: u16, recorder_template: (Instant, Duration, Vec<String>)) -> Recorder {
+async fn run_into(
+    load: &Load,
+    path_index: u16,
+    recorder_template: (Instant, Duration, Vec<String>),
+) -> Recorder {
     let (started, bucket, paths) = recorder_template;
     let issued = Arc::new(AtomicU64::new(0));
     let run_start = Instant::now();
@@ -418,12 +461,28 @@ async fn run_into(load: &Load, path_index: u16, recorder_template: (Instant, Dur
                 let planned = match load.mode {
                     Mode::Closed => Instant::now(),
                     Mode::Open { rate } => {
-                        let at = run_start + Duration::from_secs_f64(i as f64 / rate);
-                        tokio::time::sleep_until(at).await;
-                        at
+                        let offset =
+                            Duration::try_from_secs_f64(i as f64 / rate).unwrap_or(Duration::MAX);
+                        let Some(at) = run_start.checked_add(offset) else {
+                            break;
+                        };
+                        // Planned past the end: stop now rather than sleep until then.
+                        if deadline.is_some_and(|d| at >= d) {
+                            break;
+                        }
+                        if Instant::now() < at {
+                            // Free before its time: the request starts when the timer wakes this
+                            // task (its ~1 ms lateness is the generator's, not the server's).
+                            tokio::time::sleep_until(at).await;
+                            Instant::now()
+                        } else {
+                            // Late because the answers were slow: timed from the plan, so a
+                            // stall counts in every request it held back.
+                            at
+                        }
                     }
                 };
-                if deadline.is_some_and(|d| planned >= d) {
+                if deadline.is_some_and(|d| planned >= d) && load.mode == Mode::Closed {
                     break;
                 }
                 let answer = connection.send(&load.endpoint.path, load.timeout).await;
@@ -479,6 +538,9 @@ pub struct Scenario {
     pub pause: Duration,
     /// Connections sending at once.
     pub connections: usize,
+    /// Closed loop (as fast as answers come), or paced at a rate (the seed's client sent about
+    /// 1,000 requests a minute).
+    pub mode: Mode,
     /// The longest wait for one answer.
     pub timeout: Duration,
 }
@@ -502,7 +564,7 @@ pub async fn run_scenario(
             progress(&format!("{path}: {count} requests"));
             let load = Load {
                 endpoint: scenario.base.with_path(path),
-                mode: Mode::Closed,
+                mode: scenario.mode,
                 connections: scenario.connections,
                 stop: Stop::Requests(count),
                 timeout: scenario.timeout,
@@ -511,15 +573,20 @@ pub async fn run_scenario(
             total.merge(r);
         }
     }
-    let url = format!("http://{}{{{}}}", scenario.base.authority, scenario.paths.join(","));
-    Ok(total.report(&url, Mode::Closed, scenario.connections))
+    let url = format!(
+        "http://{}{{{}}}",
+        scenario.base.authority,
+        scenario.paths.join(",")
+    );
+    Ok(total.report(&url, scenario.mode, scenario.connections))
 }
 
 /// The report as a plain-text table: the summary, then per path and target, per bucket.
 pub fn table(report: &Report) -> String {
     use std::fmt::Write;
     let l = &report.latency;
-    let mut out = format!(
+    let mut out =
+        format!(
         "{} ({} loop, {} connections{}): {} requests in {:.2} s = {:.0} requests/s, {} errors\n\
          latency ms: mean {:.3}  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}\n",
         report.url,
@@ -545,8 +612,14 @@ pub fn table(report: &Report) -> String {
         let _ = writeln!(
             out,
             "{:>8.0} {:<12} {:<14} {:>8} {:>7} {:>9.2} {:>9.2} {:>9.2}",
-            row.start_s, row.path, row.target, row.requests, row.errors,
-            row.latency.mean_ms, row.latency.p50_ms, row.latency.p99_ms
+            row.start_s,
+            row.path,
+            row.target,
+            row.requests,
+            row.errors,
+            row.latency.mean_ms,
+            row.latency.p50_ms,
+            row.latency.p99_ms
         );
     }
     out

@@ -51,7 +51,15 @@ fn charts(report: &Report) -> Vec<Chart> {
         let at = |x: f64, r: &&crate::http::BucketRow| (r.start_s - x).abs() < width / 2.0;
         let total: Vec<(f64, f64)> = xs
             .iter()
-            .map(|&x| (x, rows.iter().filter(|r| at(x, r)).map(|r| r.requests as f64).sum()))
+            .map(|&x| {
+                (
+                    x,
+                    rows.iter()
+                        .filter(|r| at(x, r))
+                        .map(|r| r.requests as f64)
+                        .sum(),
+                )
+            })
             .collect();
         let targets: Vec<&str> = {
             let mut t: Vec<&str> = rows.iter().map(|r| r.target.as_str()).collect();
@@ -65,7 +73,11 @@ fn charts(report: &Report) -> Vec<Chart> {
                 let line = xs
                     .iter()
                     .map(|&x| {
-                        let n = rows.iter().filter(|r| r.target == t && at(x, r)).map(|r| r.requests as f64).sum();
+                        let n = rows
+                            .iter()
+                            .filter(|r| r.target == t && at(x, r))
+                            .map(|r| r.requests as f64)
+                            .sum();
                         (x, n)
                     })
                     .collect();
@@ -78,13 +90,20 @@ fn charts(report: &Report) -> Vec<Chart> {
             let here: Vec<_> = rows.iter().filter(|r| at(x, r)).collect();
             let n: u64 = here.iter().map(|r| r.requests).sum();
             if n > 0 {
-                let weighted: f64 = here.iter().map(|r| r.latency.mean_ms * r.requests as f64).sum();
+                let weighted: f64 = here
+                    .iter()
+                    .map(|r| r.latency.mean_ms * r.requests as f64)
+                    .sum();
                 mean.push((x, weighted / n as f64));
                 p99.push((x, here.iter().map(|r| r.latency.p99_ms).fold(0.0, f64::max)));
             }
         }
         let name = path.trim_matches('/').replace('/', "-");
-        let name = if name.is_empty() { "root".to_string() } else { name };
+        let name = if name.is_empty() {
+            "root".to_string()
+        } else {
+            name
+        };
         out.push(Chart {
             stem: format!("{name}-request-count"),
             title: format!("RequestCount (sum per {width} s), {path}"),
@@ -168,6 +187,7 @@ fn png(chart: &Chart) -> Result<Vec<u8>, ReportError> {
         let mut encoder = png::Encoder::new(&mut out, w, h);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
+        encoder.set_compression(png::Compression::Best);
         let mut writer = encoder.write_header().map_err(chart_error)?;
         writer.write_image_data(&pixels).map_err(chart_error)?;
     }
@@ -211,11 +231,17 @@ pub fn write(report: &Report, dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
             title = escape(&chart.title)
         );
     }
-    let _ = write!(html, "<h2>Figures</h2><pre>{}</pre></body></html>", escape(&text));
+    let _ = write!(
+        html,
+        "<h2>Figures</h2><pre>{}</pre></body></html>",
+        escape(&text)
+    );
     put("report.html", html.as_bytes())?;
     Ok(written)
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

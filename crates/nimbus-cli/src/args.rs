@@ -739,7 +739,8 @@ pub struct BenchHttpArgs {
     /// 64, or 4 for the scenario.
     #[arg(long)]
     pub connections: Option<usize>,
-    /// Open loop: requests per second, planned whatever the answers take.
+    /// Open loop: requests per second, planned whatever the answers take (with --scenario, each
+    /// phase's pace: 16.7 is the seed's 1,000 a minute).
     #[arg(long)]
     pub rate: Option<f64>,
     /// How long to load (default 10 s unless --requests).

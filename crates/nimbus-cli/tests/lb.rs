@@ -19,7 +19,11 @@ use common::{printed_url, wait_until_catching, Killed};
 fn http_get(addr: &str, path: &str) -> (u16, Option<String>, String) {
     let mut tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(tcp, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = String::new();
     tcp.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
@@ -37,7 +41,9 @@ fn http_get(addr: &str, path: &str) -> (u16, Option<String>, String) {
 }
 
 fn host_of(url: &str) -> String {
-    url.trim_start_matches("http://").trim_end_matches('/').to_string()
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// Processes whose parent is `pid`.
@@ -67,8 +73,20 @@ fn cluster_up_routes_each_cluster_and_the_seed_scenario_is_reported_as_charts() 
     let data = tempfile::tempdir().unwrap();
     let mut cluster = Killed(
         Command::new(env!("CARGO_BIN_EXE_nimbus"))
-            .args(["--engine", &format!("sqlite://{}/nimbus.db", data.path().display())])
-            .args(["cluster", "up", "--clusters", "2", "--replicas", "2", "--port", "0"])
+            .args([
+                "--engine",
+                &format!("sqlite://{}/nimbus.db", data.path().display()),
+            ])
+            .args([
+                "cluster",
+                "up",
+                "--clusters",
+                "2",
+                "--replicas",
+                "2",
+                "--port",
+                "0",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -91,28 +109,53 @@ fn cluster_up_routes_each_cluster_and_the_seed_scenario_is_reported_as_charts() 
         seen.sort();
         let a = format!("cluster{cluster_no}-1");
         let b = format!("cluster{cluster_no}-2");
-        assert_eq!(seen, [a.clone(), a, b.clone(), b], "round robin within the cluster");
+        assert_eq!(
+            seen,
+            [a.clone(), a, b.clone(), b],
+            "round robin within the cluster"
+        );
     }
     let (status, _, page) = http_get(&host, "/");
     assert_eq!(status, 200, "other paths reach the web tier: {page}");
     assert!(page.contains("Atom-effect calculator"));
     let (status, _, _) = http_get(&host, "/cluster3");
-    assert_eq!(status, 404, "the web tier's own 404 through the default group");
+    assert_eq!(
+        status, 404,
+        "the web tier's own 404 through the default group"
+    );
 
     // Seed 003's scenario, shortened: per cluster 20 requests, a pause, 30 more.
     let out = tempfile::tempdir().unwrap();
     let bench = Command::new(env!("CARGO_BIN_EXE_nimbus"))
-        .args(["bench", "http", &url, "--scenario", "seed-003", "--first", "20", "--second", "30"])
+        .args([
+            "bench",
+            "http",
+            &url,
+            "--scenario",
+            "seed-003",
+            "--first",
+            "20",
+            "--second",
+            "30",
+        ])
         .args(["--pause", "1s", "--bucket", "1s", "--json", "--out"])
         .arg(out.path())
         .output()
         .unwrap();
-    assert!(bench.status.success(), "{}", String::from_utf8_lossy(&bench.stderr));
+    assert!(
+        bench.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&bench.stdout).unwrap();
     assert_eq!(report["requests"], 100);
     assert_eq!(report["errors"], 0);
     for replica in ["cluster1-1", "cluster1-2", "cluster2-1", "cluster2-2"] {
-        assert_eq!(report["per_target"][replica], 25, "{}", report["per_target"]);
+        assert_eq!(
+            report["per_target"][replica], 25,
+            "{}",
+            report["per_target"]
+        );
     }
     let buckets = report["buckets"].as_array().unwrap();
     let first_seconds = |path: &str| {
@@ -123,9 +166,14 @@ fn cluster_up_routes_each_cluster_and_the_seed_scenario_is_reported_as_charts() 
             .collect::<Vec<_>>()
     };
     let c1 = first_seconds("/cluster1");
-    let spread = c1.iter().cloned().fold(0.0, f64::max) - c1.iter().cloned().fold(f64::MAX, f64::min);
+    let spread =
+        c1.iter().cloned().fold(0.0, f64::max) - c1.iter().cloned().fold(f64::MAX, f64::min);
     assert!(spread >= 1.0, "the pause separates the two phases: {c1:?}");
-    for chart in ["cluster1-request-count", "cluster1-request-count-per-target", "cluster2-target-response-time"] {
+    for chart in [
+        "cluster1-request-count",
+        "cluster1-request-count-per-target",
+        "cluster2-target-response-time",
+    ] {
         let png = std::fs::read(out.path().join(format!("{chart}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{chart}");
     }
@@ -136,7 +184,9 @@ fn cluster_up_routes_each_cluster_and_the_seed_scenario_is_reported_as_charts() 
 
     // Ctrl-C stops the balancer and every replica.
     wait_until_catching(cluster.0.id(), 2);
-    let _ = Command::new("kill").args(["-INT", &cluster.0.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &cluster.0.id().to_string()])
+        .status();
     let deadline = Instant::now() + Duration::from_secs(60);
     while cluster.0.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "nimbus cluster up did not stop");
@@ -150,7 +200,17 @@ fn cluster_up_routes_each_cluster_and_the_seed_scenario_is_reported_as_charts() 
 /// A `nimbus web` replica answering `/c` as `id`.
 fn replica(engine: &str, id: &str) -> (Killed, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
-        .args(["--engine", engine, "web", "--port", "0", "--cluster-path", "/c", "--instance-id", id])
+        .args([
+            "--engine",
+            engine,
+            "web",
+            "--port",
+            "0",
+            "--cluster-path",
+            "/c",
+            "--instance-id",
+            id,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -206,10 +266,14 @@ fn lb_reloads_its_file_on_sighup_without_failing_a_request() {
     std::thread::sleep(Duration::from_millis(300));
     // A broken file is refused and the running configuration stays.
     std::fs::write(&file, "[[listener]]\nbind = 5").unwrap();
-    let _ = Command::new("kill").args(["-HUP", &lb.0.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-HUP", &lb.0.id().to_string()])
+        .status();
     std::thread::sleep(Duration::from_millis(300));
     std::fs::write(&file, lb_config(&[&one, &two])).unwrap();
-    let _ = Command::new("kill").args(["-HUP", &lb.0.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-HUP", &lb.0.id().to_string()])
+        .status();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, instance, _) = http_get(&host, "/c");
@@ -221,9 +285,15 @@ fn lb_reloads_its_file_on_sighup_without_failing_a_request() {
     }
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
-    let answered: Vec<String> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let answered: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
     assert!(answered.iter().any(|a| a == "one") && answered.iter().any(|a| a == "two"));
-    assert!(lb.0.try_wait().unwrap().is_none(), "the balancer still runs");
+    assert!(
+        lb.0.try_wait().unwrap().is_none(),
+        "the balancer still runs"
+    );
 }
 
 #[test]
@@ -231,21 +301,42 @@ fn lb_flags_that_cannot_work_are_refused_naming_them() {
     let cases: [(&[&str], &str); 4] = [
         (&["lb"], "no target"),
         (&["lb", "--target", "nohost"], "target `nohost`"),
-        (&["lb", "--target", "127.0.0.1:1", "--balance", "random"], "unknown balance `random`"),
-        (&["lb", "--config", "/nonexistent/lb.toml"], "/nonexistent/lb.toml"),
+        (
+            &["lb", "--target", "127.0.0.1:1", "--balance", "random"],
+            "unknown balance `random`",
+        ),
+        (
+            &["lb", "--config", "/nonexistent/lb.toml"],
+            "/nonexistent/lb.toml",
+        ),
     ];
     for (args, expected) in cases {
-        let out = Command::new(env!("CARGO_BIN_EXE_nimbus")).args(args).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_nimbus"))
+            .args(args)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(
+            !out.status.success() && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
     }
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let out = Command::new(env!("CARGO_BIN_EXE_nimbus"))
-        .args(["lb", "--listen", &format!("127.0.0.1:{port}"), "--target", "127.0.0.1:1"])
+        .args([
+            "lb",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--target",
+            "127.0.0.1:1",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
     let _: SocketAddr = taken.local_addr().unwrap();
 }

@@ -70,7 +70,9 @@ pub(crate) fn status_json(shared: &Shared) -> serde_json::Value {
             let rules: Vec<&str> = routing
                 .rules
                 .iter()
-                .filter(|(_, rg)| std::sync::Arc::ptr_eq(rg, g))
+                .filter(|(_, route)| {
+                    matches!(route, Route::Forward { group, .. } if std::sync::Arc::ptr_eq(group, g))
+                })
                 .map(|(p, _)| p.as_str())
                 .collect();
             let default = matches!(&routing.default, Route::Forward { group, .. } if std::sync::Arc::ptr_eq(group, g));

@@ -255,8 +255,10 @@ pub struct Limits {
     /// On shutdown, how long open requests may finish.
     #[serde(deserialize_with = "duration")]
     pub drain: Duration,
-    /// Idle keep-alive connections kept per target.
+    /// Idle keep-alive connections kept per target (per worker thread).
     pub pool_idle_per_target: usize,
+    /// Threads serving connections (0: one per core).
+    pub workers: usize,
 }
 
 impl Default for Limits {
@@ -269,6 +271,7 @@ impl Default for Limits {
             retries: 2,
             drain: Duration::from_secs(30),
             pool_idle_per_target: 256,
+            workers: 0,
         }
     }
 }
@@ -289,8 +292,7 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_toml(&text)
-            .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))
+        Self::from_toml(&text).map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))
     }
 
     /// Parses and checks TOML text.
@@ -326,7 +328,9 @@ impl Config {
     /// Checks every value and reference, naming the first that is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listeners.is_empty() {
-            return Err(invalid("no listener: add a [[listener]] with bind = \"HOST:PORT\""));
+            return Err(invalid(
+                "no listener: add a [[listener]] with bind = \"HOST:PORT\"",
+            ));
         }
         for rule in &self.rules {
             PathPattern::parse(&rule.path)?;
@@ -345,17 +349,21 @@ impl Config {
             group.validate(name)?;
         }
         let l = &self.limits;
-        if l.max_header_bytes < 8192 {
-            return Err(invalid("limits.max_header_bytes must be at least 8192"));
+        if !(8192..=1 << 20).contains(&l.max_header_bytes) {
+            return Err(invalid("limits.max_header_bytes must be 8192 to 1048576"));
+        }
+        if l.retries > 10 || l.workers > 1024 {
+            return Err(invalid(
+                "limits.retries is at most 10 and limits.workers at most 1024",
+            ));
         }
         for (what, d) in [
             ("limits.response_timeout", l.response_timeout),
             ("limits.connect_timeout", l.connect_timeout),
             ("limits.header_read_timeout", l.header_read_timeout),
+            ("limits.drain", l.drain),
         ] {
-            if d.is_zero() {
-                return Err(invalid(format!("{what} must be above zero")));
-            }
+            check_duration(what, d, false)?;
         }
         Ok(())
     }
@@ -373,15 +381,19 @@ impl Config {
 
 impl GroupConfig {
     fn validate(&self, name: &str) -> Result<(), ConfigError> {
-        if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             return Err(invalid(format!(
                 "group name `{name}`: 1 to 64 letters, digits, `-`, `_` or `.`"
             )));
         }
         for target in &self.targets {
-            check_target(target).map_err(|why| {
-                invalid(format!("group `{name}`: target `{target}` {why}"))
-            })?;
+            check_target(target)
+                .map_err(|why| invalid(format!("group `{name}`: target `{target}` {why}")))?;
         }
         let h = &self.health;
         if h.enabled {
@@ -402,6 +414,16 @@ impl GroupConfig {
                 )));
             }
         }
+        let e = &self.ejection;
+        for (what, d) in [
+            ("ejection.base_time", e.base_time),
+            ("ejection.max_time", e.max_time),
+            ("deregistration_delay", self.deregistration_delay),
+            ("health.interval", h.interval),
+            ("health.timeout", h.timeout),
+        ] {
+            check_duration(&format!("group `{name}`: {what}"), d, true)?;
+        }
         if self.ejection.max_percent > 100 {
             return Err(invalid(format!(
                 "group `{name}`: ejection.max_percent is at most 100"
@@ -411,10 +433,20 @@ impl GroupConfig {
     }
 }
 
+/// The longest duration any setting takes: a day.
+const LONGEST: Duration = Duration::from_secs(24 * 3600);
+
+fn check_duration(what: &str, d: Duration, zero_ok: bool) -> Result<(), ConfigError> {
+    if d > LONGEST || (!zero_ok && d.is_zero()) {
+        let low = if zero_ok { "0" } else { "above 0" };
+        return Err(invalid(format!("{what} must be {low} and at most 24h")));
+    }
+    Ok(())
+}
+
 /// Whether `target` is `HOST:PORT` with a port.
 fn check_target(target: &str) -> Result<(), &'static str> {
-    let authority: http::uri::Authority =
-        target.parse().map_err(|_| "is not HOST:PORT")?;
+    let authority: http::uri::Authority = target.parse().map_err(|_| "is not HOST:PORT")?;
     if authority.port_u16().is_none() || authority.host().is_empty() || target.contains('@') {
         return Err("is not HOST:PORT");
     }
@@ -466,13 +498,31 @@ mod tests {
     #[test]
     fn wrong_values_are_refused_naming_them() {
         let cases = [
-            (EXAMPLE.replace("group = \"cluster1\"", "group = \"nope\""), "group `nope`"),
-            (EXAMPLE.replace("\"localhost:8082\"", "\"localhost\""), "target `localhost`"),
+            (
+                EXAMPLE.replace("group = \"cluster1\"", "group = \"nope\""),
+                "group `nope`",
+            ),
+            (
+                EXAMPLE.replace("\"localhost:8082\"", "\"localhost\""),
+                "target `localhost`",
+            ),
             (EXAMPLE.replace("status = 404", "status = 99"), "status 99"),
-            (EXAMPLE.replace("\"500ms\"", "\"soon\""), "`soon` is not a duration"),
-            (EXAMPLE.replace("path = \"/cluster1*\"", "path = \"\""), "empty"),
-            (EXAMPLE.replace("balance = \"least-outstanding\"", "balance = \"random\""), "random"),
-            (EXAMPLE.replace("[[listener]]\n        bind = \"127.0.0.1:8000\"", ""), "no listener"),
+            (
+                EXAMPLE.replace("\"500ms\"", "\"soon\""),
+                "`soon` is not a duration",
+            ),
+            (
+                EXAMPLE.replace("path = \"/cluster1*\"", "path = \"\""),
+                "empty",
+            ),
+            (
+                EXAMPLE.replace("balance = \"least-outstanding\"", "balance = \"random\""),
+                "random",
+            ),
+            (
+                EXAMPLE.replace("[[listener]]\n        bind = \"127.0.0.1:8000\"", ""),
+                "no listener",
+            ),
             (format!("{EXAMPLE}\nsurprise = 1"), "surprise"),
         ];
         for (text, expected) in cases {

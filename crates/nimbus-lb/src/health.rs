@@ -31,7 +31,10 @@ pub(crate) fn start(shared: &Arc<Shared>, target: Arc<Target>) {
             };
             let health = group.config.health.clone();
             drop(routing);
-            if health.enabled {
+            if !health.enabled {
+                // Checks off: the target is taken as healthy (passive ejection still applies).
+                target.record_check(Ok(()), 1, 1);
+            } else {
                 let result = check(&shared, &target, &health.path, health.timeout).await;
                 if let Some(healthy) = target.record_check(
                     result.clone(),
@@ -45,8 +48,13 @@ pub(crate) fn start(shared: &Arc<Shared>, target: Arc<Target>) {
                     }
                 }
             }
+            let pause = if health.enabled {
+                health.interval
+            } else {
+                Duration::from_secs(1)
+            };
             tokio::select! {
-                () = tokio::time::sleep(health.interval) => {}
+                () = tokio::time::sleep(pause) => {}
                 () = target.removed.cancelled() => return,
                 () = shared.shutdown.cancelled() => return,
             }
@@ -55,16 +63,26 @@ pub(crate) fn start(shared: &Arc<Shared>, target: Arc<Target>) {
 }
 
 /// One check: a 2xx or 3xx within `timeout`.
-async fn check(shared: &Shared, target: &Target, path: &str, timeout: Duration) -> Result<(), String> {
-    let request = http::Request::get(format!("http://{}{path}", target.addr))
+async fn check(
+    shared: &Shared,
+    target: &Target,
+    path: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let request = http::Request::get(path)
+        .header(http::header::HOST, &target.addr)
         .header(http::header::USER_AGENT, "nimbus-lb-health-check")
         .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
         .map_err(|e| e.to_string())?;
+    let limits = shared.routing().limits.clone();
     let exchange = async {
-        let response = shared.client.request(request).await.map_err(|e| error_text(&e))?;
+        let (response, connection) = crate::proxy::exchange(target, request, &limits)
+            .await
+            .map_err(|e| e.to_string())?;
         let status = response.status();
         let body = http_body_util::Limited::new(response.into_body(), MAX_CHECK_BODY);
         let _ = body.collect().await;
+        drop(connection);
         if status.is_success() || status.is_redirection() {
             Ok(())
         } else {

@@ -10,6 +10,7 @@ pub mod config;
 mod health;
 pub mod metrics;
 mod pattern;
+mod pool;
 mod proxy;
 mod server;
 mod target;
@@ -20,9 +21,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -34,8 +32,11 @@ use crate::config::{Action, Limits};
 use crate::metrics::LbMetrics;
 use crate::target::{Group, Target};
 
+/// A body's error: a target's stream that broke, or one cut by the balancer.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Bodies in both directions: a stream passed through, or one the balancer made.
-pub(crate) type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// What can stop the balancer from starting.
 #[derive(Debug, thiserror::Error)]
@@ -59,14 +60,14 @@ pub enum LbError {
 /// Where a request goes once its path is matched.
 #[derive(Debug, Clone)]
 pub(crate) enum Route {
-    Forward { rule: String, group: Arc<Group> },
+    Forward { rule: Arc<str>, group: Arc<Group> },
     Fixed { status: u16, body: String },
 }
 
 /// The rules and groups in force; replaced as a whole by a reload.
 #[derive(Debug)]
 pub(crate) struct Routing {
-    rules: Vec<(PathPattern, Arc<Group>)>,
+    rules: Vec<(PathPattern, Route)>,
     default: Route,
     groups: BTreeMap<String, Arc<Group>>,
     limits: Limits,
@@ -74,16 +75,11 @@ pub(crate) struct Routing {
 
 impl Routing {
     /// The route of `path`: the first rule that matches, else the default action.
-    pub(crate) fn route(&self, path: &str) -> Route {
-        for (pattern, group) in &self.rules {
-            if pattern.matches(path) {
-                return Route::Forward {
-                    rule: pattern.as_str().to_string(),
-                    group: group.clone(),
-                };
-            }
-        }
-        self.default.clone()
+    pub(crate) fn route(&self, path: &str) -> &Route {
+        self.rules
+            .iter()
+            .find(|(pattern, _)| pattern.matches(path))
+            .map_or(&self.default, |(_, route)| route)
     }
 }
 
@@ -91,7 +87,6 @@ impl Routing {
 pub(crate) struct Shared {
     routing: RwLock<Arc<Routing>>,
     metrics: LbMetrics,
-    client: Client<HttpConnector, Body>,
     shutdown: CancellationToken,
 }
 
@@ -115,12 +110,11 @@ impl Balancer {
     /// Builds the routing of `config` (checked) and starts its health checks, until `shutdown`.
     pub fn new(config: Config, shutdown: CancellationToken) -> Result<Self, LbError> {
         config.validate()?;
-        let client = client(&config.limits);
-        let routing = build_routing(&config, &BTreeMap::new());
+        let metrics = LbMetrics::default();
+        let routing = build_routing(&config, &BTreeMap::new(), &metrics);
         let shared = Arc::new(Shared {
             routing: RwLock::new(Arc::new(routing)),
-            metrics: LbMetrics::default(),
-            client,
+            metrics,
             shutdown,
         });
         for group in shared.routing().groups.values() {
@@ -162,25 +156,29 @@ impl Balancer {
             tracing::warn!("listener and admin changes take effect on a restart");
         }
         let old = self.shared.routing();
-        let routing = Arc::new(build_routing(&config, &old.groups));
-        let kept: Vec<&Arc<Target>> = routing.groups.values().flat_map(|g| &g.targets).collect();
-        for group in routing.groups.values() {
-            for target in &group.targets {
-                if !old.groups.values().flat_map(|g| &g.targets).any(|t| Arc::ptr_eq(t, target)) {
-                    health::start(&self.shared, target.clone());
-                }
-            }
-        }
-        for (group, target) in old.groups.values().flat_map(|g| g.targets.iter().map(move |t| (g, t))) {
-            if !kept.iter().any(|t| Arc::ptr_eq(t, target)) {
-                deregister(target.clone(), group.config.deregistration_delay);
-            }
-        }
+        let routing = Arc::new(build_routing(&config, &old.groups, &self.shared.metrics));
         *self
             .shared
             .routing
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = routing;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = routing.clone();
+        let was = |t: &Arc<Target>, r: &Routing| {
+            r.groups
+                .values()
+                .flat_map(|g| &g.targets)
+                .any(|x| Arc::ptr_eq(x, t))
+        };
+        // Checks start once the new routing is in place (a check finds its group there).
+        for target in routing.groups.values().flat_map(|g| &g.targets) {
+            if !was(target, &old) {
+                health::start(&self.shared, target.clone());
+            }
+        }
+        for group in old.groups.values() {
+            for target in group.targets.iter().filter(|t| !was(t, &routing)) {
+                deregister(target.clone(), group.config.deregistration_delay);
+            }
+        }
         *current = config;
         tracing::info!("configuration reloaded");
         Ok(())
@@ -190,8 +188,7 @@ impl Balancer {
     /// token; then lets open requests finish for the configured drain time.
     pub async fn run(&self) -> Result<(), LbError> {
         let (listeners, admin) = self.open().await?;
-        self.serve(listeners, admin).await;
-        Ok(())
+        self.serve(listeners, admin).await
     }
 
     /// Opens the configuration's listeners now (to learn their ports), returning them to
@@ -214,16 +211,42 @@ impl Balancer {
     }
 
     /// Serves `listeners` (and the admin endpoints on `admin`) until the shutdown token.
-    pub async fn serve(&self, listeners: Vec<server::Listener>, admin: Option<TcpListener>) {
-        let drain = self.shared.routing().limits.drain;
+    pub async fn serve(
+        &self,
+        listeners: Vec<server::Listener>,
+        admin: Option<TcpListener>,
+    ) -> Result<(), LbError> {
+        let limits = self.shared.routing().limits.clone();
+        let count = match limits.workers {
+            0 => std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            n => n,
+        };
+        let workers = Arc::new(
+            server::Workers::start(count, limits.drain).map_err(|source| LbError::Listen {
+                address: "worker threads".into(),
+                source,
+            })?,
+        );
         let mut tasks = tokio::task::JoinSet::new();
         for listener in listeners {
-            tasks.spawn(server::serve_proxy(self.shared.clone(), listener, drain));
+            tasks.spawn(server::serve_proxy(
+                self.shared.clone(),
+                listener,
+                workers.clone(),
+            ));
         }
         if let Some(admin) = admin {
-            tasks.spawn(server::serve_admin(self.shared.clone(), admin, drain));
+            tasks.spawn(server::serve_admin(
+                self.shared.clone(),
+                admin,
+                workers.clone(),
+            ));
         }
         while tasks.join_next().await.is_some() {}
+        if let Ok(workers) = Arc::try_unwrap(workers) {
+            workers.finish().await;
+        }
+        Ok(())
     }
 
     /// Every group's targets as the status page shows them.
@@ -239,21 +262,12 @@ impl Balancer {
 
 pub use server::Listener;
 
-fn client(limits: &Limits) -> Client<HttpConnector, Body> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(limits.connect_timeout));
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(limits.pool_idle_per_target)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
-}
-
 /// The routing of `config`, reusing the targets of `old` groups that stay.
-fn build_routing(config: &Config, old: &BTreeMap<String, Arc<Group>>) -> Routing {
+fn build_routing(
+    config: &Config,
+    old: &BTreeMap<String, Arc<Group>>,
+    metrics: &LbMetrics,
+) -> Routing {
     let groups: BTreeMap<String, Arc<Group>> = config
         .groups
         .iter()
@@ -264,21 +278,31 @@ fn build_routing(config: &Config, old: &BTreeMap<String, Arc<Group>>) -> Routing
                 .map(|addr| {
                     old.get(name)
                         .and_then(|g| g.targets.iter().find(|t| &t.addr == addr).cloned())
-                        .unwrap_or_else(|| Arc::new(Target::new(name, addr)))
+                        .unwrap_or_else(|| Arc::new(Target::new(name, addr, metrics)))
                 })
                 .collect();
-            (name.clone(), Arc::new(Group::new(name, gc.clone(), targets)))
+            (
+                name.clone(),
+                Arc::new(Group::new(name, gc.clone(), targets)),
+            )
         })
         .collect();
     let rules = config
         .rules
         .iter()
-        .filter_map(|r| Some((PathPattern::parse(&r.path).ok()?, groups.get(&r.group)?.clone())))
+        .filter_map(|r| {
+            let pattern = PathPattern::parse(&r.path).ok()?;
+            let route = Route::Forward {
+                rule: Arc::from(pattern.as_str()),
+                group: groups.get(&r.group)?.clone(),
+            };
+            Some((pattern, route))
+        })
         .collect();
     let default = match &config.default_action {
         Some(Action::Forward { group }) => match groups.get(group) {
             Some(g) => Route::Forward {
-                rule: "default".into(),
+                rule: Arc::from("default"),
                 group: g.clone(),
             },
             None => not_found(),

@@ -153,14 +153,53 @@ impl Default for LbMetrics {
     }
 }
 
+/// One target's figures, looked up once (the per-request path allocates no labels).
+#[derive(Debug, Clone)]
+pub struct TargetMetrics {
+    /// Answers by class: 1xx to 5xx.
+    answers: [Counter; 5],
+    /// TargetResponseTime.
+    pub response_time: nimbus_metrics::Histogram,
+    /// Failures before an answer.
+    pub failures: Counter,
+    /// Ejections.
+    pub ejections: Counter,
+}
+
+impl TargetMetrics {
+    /// Counts an answer of `status`.
+    pub fn answered(&self, status: u16) {
+        if let Some(c) = usize::from(status / 100)
+            .checked_sub(1)
+            .and_then(|i| self.answers.get(i))
+        {
+            c.inc();
+        }
+    }
+}
+
 impl LbMetrics {
+    /// The figures of the target with `labels`.
+    pub fn for_target(&self, labels: &TargetLabels) -> TargetMetrics {
+        let class = |c: u16| {
+            self.target_responses
+                .get_or_create(&TargetCode {
+                    group: labels.group.clone(),
+                    target: labels.target.clone(),
+                    code: format!("{c}xx"),
+                })
+                .clone()
+        };
+        TargetMetrics {
+            answers: [class(1), class(2), class(3), class(4), class(5)],
+            response_time: self.target_response_time.get_or_create(labels).clone(),
+            failures: self.target_failures.get_or_create(labels).clone(),
+            ejections: self.ejections.get_or_create(labels).clone(),
+        }
+    }
+
     /// The exposition's text.
     pub fn render(&self) -> String {
         self.exposition.render()
     }
-}
-
-/// `2xx` for 200..=299 and so on.
-pub fn class(status: u16) -> String {
-    format!("{}xx", status / 100)
 }

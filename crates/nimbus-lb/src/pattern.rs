@@ -23,7 +23,9 @@ impl PathPattern {
             None
         };
         match why {
-            Some(why) => Err(ConfigError::Invalid(format!("path pattern `{pattern}` {why}"))),
+            Some(why) => Err(ConfigError::Invalid(format!(
+                "path pattern `{pattern}` {why}"
+            ))),
             None => Ok(Self(pattern.to_string())),
         }
     }
@@ -85,7 +87,11 @@ mod tests {
             ("*", "/", true),
             ("/*a*b*c", "/xaxbxc", true),
             ("/*a*b*c", "/xaxbx", false),
-            ("/a*a*a*a*b", "/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", false),
+            (
+                "/a*a*a*a*b",
+                "/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                false,
+            ),
         ];
         for (pattern, path, expected) in table {
             let p = PathPattern::parse(pattern).unwrap();

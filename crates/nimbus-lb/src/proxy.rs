@@ -17,9 +17,11 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 
-use crate::metrics::{class, BalancerCode, GroupLabel, TargetCode};
+use crate::config::Limits;
+use crate::metrics::{BalancerCode, GroupLabel};
+use crate::pool::{ConnectError, Pooled};
 use crate::target::{Group, InFlight, Target};
-use crate::{Body, Route, Shared};
+use crate::{Body, BoxError, Route, Shared};
 
 /// Where a request came in.
 #[derive(Debug, Clone, Copy)]
@@ -50,7 +52,7 @@ const HOP_BY_HOP: [&str; 8] = [
 /// The rule label of `path` for the request metrics.
 pub(crate) fn rule_of(shared: &Shared, path: &str) -> String {
     match shared.routing().route(path) {
-        Route::Forward { rule, .. } => rule,
+        Route::Forward { rule, .. } => rule.to_string(),
         Route::Fixed { .. } => "fixed".into(),
     }
 }
@@ -61,13 +63,21 @@ pub(crate) async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>) 
         return made(StatusCode::INTERNAL_SERVER_ERROR, "no peer address", None);
     };
     let request_id = request_id(request.headers());
-    let route = shared.routing().route(request.uri().path());
+    let route = shared.routing().route(request.uri().path()).clone();
     let mut response = match route {
         Route::Fixed { status, body } => {
             count_made(&shared, "-", status);
             made(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND),
                 &body,
+                None,
+            )
+        }
+        Route::Forward { .. } if request.method() == Method::CONNECT => {
+            count_made(&shared, "-", 405);
+            made(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not proxied",
                 None,
             )
         }
@@ -90,7 +100,7 @@ async fn forward(
     client_side: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<Body> {
     let limits = shared.routing().limits.clone();
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     // Only a request that can be sent again unchanged is: an idempotent method and no body
     // (a streamed body is gone once sent).
     let retryable = is_idempotent(&parts.method) && body.is_end_stream();
@@ -98,9 +108,9 @@ async fn forward(
     let path = parts
         .uri
         .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str)
-        .to_string();
-    let mut body = Some(body.boxed_unsync());
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let mut body = Some(body.map_err(BoxError::from).boxed_unsync());
     let mut tried: Vec<Arc<Target>> = Vec::new();
     let mut last_error = None;
     for attempt in 0..attempts {
@@ -120,54 +130,66 @@ async fn forward(
         let mut out = Request::new(body.take().unwrap_or_else(empty));
         *out.method_mut() = parts.method.clone();
         *out.version_mut() = Version::HTTP_11;
-        *out.headers_mut() = parts.headers.clone();
-        match format!("http://{}{path}", target.addr).parse() {
-            Ok(uri) => *out.uri_mut() = uri,
-            Err(_) => return made(StatusCode::BAD_REQUEST, "the request's path cannot be forwarded", Some(&group.name)),
+        *out.headers_mut() = if attempt + 1 == attempts {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
+        // Origin form: the client's path and query; its Host header is kept (an HTTP/1.0
+        // client's request without one gets the target's).
+        *out.uri_mut() = http::Uri::from(path.clone());
+        if !out.headers().contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(&target.addr) {
+                out.headers_mut().insert(header::HOST, host);
+            }
         }
         let in_flight = target.begin();
         let sent = Instant::now();
-        let exchange = tokio::time::timeout(limits.response_timeout, shared.client.request(out));
+        let exchange =
+            tokio::time::timeout(limits.response_timeout, exchange(&target, out, &limits));
         let result = tokio::select! {
             r = exchange => r,
             () = target.cut.cancelled() => {
-                target.record_failure();
+                failed(&target);
                 return made_counted(shared, StatusCode::BAD_GATEWAY, "the target was deregistered", group);
             }
         };
         match result {
-            Ok(Ok(response)) => {
-                return answered(shared, group, &target, response, in_flight, sent, client_side);
+            Ok(Ok((response, connection))) => {
+                return answered(
+                    shared,
+                    group,
+                    &target,
+                    response,
+                    Held {
+                        connection,
+                        _in_flight: in_flight,
+                    },
+                    sent,
+                    client_side,
+                );
             }
             Ok(Err(e)) => {
-                target.record_failure();
-                shared
-                    .metrics
-                    .target_failures
-                    .get_or_create(&target.labels)
-                    .inc();
-                let refused = e.is_connect();
-                if (refused || target.count_5xx(group.config.ejection.consecutive_5xx))
-                    && group.eject(&target)
-                {
-                    shared.metrics.ejections.get_or_create(&target.labels).inc();
+                failed(&target);
+                let refused = matches!(e, Failure::Connect(_));
+                if refused || target.count_5xx(group.config.ejection.consecutive_5xx) {
+                    group.eject(&target);
                 }
-                tracing::debug!(target = %target.addr, error = %crate::health::error_text(&e), "target failed");
-                last_error = Some(format!("target {} failed: {}", target.addr, crate::health::error_text(&e)));
+                tracing::warn!(group = %group.name, target = %target.addr, error = %e, "target failed before answering");
+                last_error = Some("the target failed before answering");
             }
             Err(_) => {
-                target.record_failure();
-                shared
-                    .metrics
-                    .target_failures
-                    .get_or_create(&target.labels)
-                    .inc();
+                failed(&target);
+                if target.count_5xx(group.config.ejection.consecutive_5xx) {
+                    group.eject(&target);
+                }
+                tracing::warn!(group = %group.name, target = %target.addr, "target did not answer in time");
                 return made_counted(
                     shared,
                     StatusCode::GATEWAY_TIMEOUT,
                     &format!(
-                        "target {} did not answer within {:?}",
-                        target.addr, limits.response_timeout
+                        "the target did not answer within {:?}",
+                        limits.response_timeout
                     ),
                     group,
                 );
@@ -175,7 +197,7 @@ async fn forward(
         }
     }
     match last_error {
-        Some(e) => made_counted(shared, StatusCode::BAD_GATEWAY, &e, group),
+        Some(e) => made_counted(shared, StatusCode::BAD_GATEWAY, e, group),
         None => made_counted(
             shared,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -185,64 +207,144 @@ async fn forward(
     }
 }
 
+/// Why a target gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Failure {
+    /// No connection (refused, unreachable, timed out): nothing was sent.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The exchange broke (reset, closed before answering).
+    #[error("{}", crate::health::error_text(.0))]
+    Exchange(#[from] hyper::Error),
+}
+
+/// Sends `request` to `target` over a pooled connection; a request the target never got
+/// because an idle connection had closed meanwhile goes once more on a new connection, whatever
+/// its method (nothing of it was sent).
+pub(crate) async fn exchange(
+    target: &Target,
+    request: Request<Body>,
+    limits: &Limits,
+) -> Result<(Response<Incoming>, Pooled), Failure> {
+    let mut connection = Pooled::get(
+        &target.addr,
+        limits.connect_timeout,
+        limits.pool_idle_per_target,
+    )
+    .await?;
+    let Some(sender) = connection.sender() else {
+        return Err(Failure::Connect(ConnectError::Io(
+            std::io::ErrorKind::NotConnected.into(),
+        )));
+    };
+    match sender.try_send_request(request).await {
+        Ok(response) => Ok((response, connection)),
+        Err(mut e) => match e.take_message() {
+            Some(request) if connection.reused => {
+                connection.discard();
+                let mut fresh = Box::pin(Pooled::fresh(
+                    &target.addr,
+                    limits.connect_timeout,
+                    limits.pool_idle_per_target,
+                ))
+                .await?;
+                let Some(sender) = fresh.sender() else {
+                    return Err(Failure::Connect(ConnectError::Io(
+                        std::io::ErrorKind::NotConnected.into(),
+                    )));
+                };
+                let response = sender.send_request(request).await?;
+                Ok((response, fresh))
+            }
+            _ => {
+                connection.discard();
+                Err(Failure::Exchange(e.into_error()))
+            }
+        },
+    }
+}
+
+/// What a response in progress holds: its connection (back to the pool once the body is done)
+/// and its place among the target's requests in flight.
+struct Held {
+    connection: Pooled,
+    _in_flight: InFlight,
+}
+
+/// Counts a request `target` failed before answering.
+fn failed(target: &Target) {
+    target.record_failure();
+    target.metrics.failures.inc();
+}
+
 /// A target's answer, recorded and passed back.
 fn answered(
     shared: &Shared,
     group: &Group,
     target: &Arc<Target>,
     mut response: Response<Incoming>,
-    in_flight: InFlight,
+    mut held: Held,
     sent: Instant,
     client_side: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<Body> {
     let status = response.status().as_u16();
     let elapsed = sent.elapsed();
     target.record_answer(status, elapsed);
-    let m = &shared.metrics;
-    m.target_response_time
-        .get_or_create(&target.labels)
-        .observe(elapsed.as_secs_f64());
-    m.target_responses
-        .get_or_create(&TargetCode {
-            group: group.name.clone(),
-            target: target.addr.clone(),
-            code: class(status),
-        })
-        .inc();
-    if status >= 500 && target.count_5xx(group.config.ejection.consecutive_5xx) && group.eject(target) {
-        m.ejections.get_or_create(&target.labels).inc();
+    target.metrics.response_time.observe(elapsed.as_secs_f64());
+    target.metrics.answered(status);
+    if status >= 500 && target.count_5xx(group.config.ejection.consecutive_5xx) {
+        group.eject(target);
     }
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_side) = client_side {
-            tunnel(client_side, hyper::upgrade::on(&mut response), in_flight);
-            return response.map(|_| empty());
-        }
-    } else {
-        strip_hop_by_hop(response.headers_mut());
+        let Some(client_side) = client_side else {
+            tracing::warn!(target = %target.addr, "target switched protocols unasked");
+            return made_counted(
+                shared,
+                StatusCode::BAD_GATEWAY,
+                "the target switched protocols unasked",
+                group,
+            );
+        };
+        let target_side = hyper::upgrade::on(&mut response);
+        // The connection is the tunnel's now: never back to the pool.
+        held.connection.discard();
+        tunnel(shared, target, client_side, target_side, held);
+        return response.map(|_| empty());
     }
+    strip_hop_by_hop(response.headers_mut());
     let cut = target.cut.clone();
     response.map(|body| {
         Tracked {
             inner: body,
-            cut: Box::pin(cut.cancelled_owned()),
-            _in_flight: in_flight,
+            cut: Cut::Token(cut),
+            _held: held,
         }
         .boxed_unsync()
     })
 }
 
-/// Copies bytes both ways between an upgraded client connection and the target's.
-fn tunnel(client: hyper::upgrade::OnUpgrade, target: hyper::upgrade::OnUpgrade, in_flight: InFlight) {
+/// Copies bytes both ways between an upgraded client connection and the target's, until either
+/// side closes, the target's deregistration delay is over, or the balancer stops.
+fn tunnel(
+    shared: &Shared,
+    target: &Target,
+    client: hyper::upgrade::OnUpgrade,
+    target_side: hyper::upgrade::OnUpgrade,
+    held: Held,
+) {
+    let (cut, shutdown) = (target.cut.clone(), shared.shutdown.clone());
     tokio::spawn(async move {
-        let _in_flight = in_flight;
-        match tokio::try_join!(client, target) {
-            Ok((client, target)) => {
-                let (mut c, mut t) = (TokioIo::new(client), TokioIo::new(target));
-                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut t).await {
-                    tracing::debug!(error = %e, "upgraded connection ended");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        let _held = held;
+        let copy = async {
+            let (client, target_side) = tokio::try_join!(client, target_side)?;
+            let (mut c, mut t) = (TokioIo::new(client), TokioIo::new(target_side));
+            tokio::io::copy_bidirectional(&mut c, &mut t).await?;
+            Ok::<_, BoxError>(())
+        };
+        tokio::select! {
+            r = copy => if let Err(e) = r { tracing::debug!(error = %e, "upgraded connection ended") },
+            () = cut.cancelled() => tracing::debug!("upgraded connection cut: target deregistered"),
+            () = shutdown.cancelled() => tracing::debug!("upgraded connection closed: shutdown"),
         }
     });
 }
@@ -250,23 +352,53 @@ fn tunnel(client: hyper::upgrade::OnUpgrade, target: hyper::upgrade::OnUpgrade, 
 /// A target's response body, streamed; the request counts as in flight until it ends, and it
 /// ends early when the target's deregistration delay is over.
 struct Tracked {
+    // Dropped first: the body, then the connection it came on goes back to the pool.
     inner: Incoming,
-    cut: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
-    _in_flight: InFlight,
+    cut: Cut,
+    _held: Held,
+}
+
+/// A body's watch on its target's deregistration: the token alone while the body comes at once
+/// (most do), a future that wakes the body once it has had to wait (a stream).
+enum Cut {
+    Token(tokio_util::sync::CancellationToken),
+    Waiting(Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>),
+}
+
+impl Cut {
+    /// Whether the target is cut; registers for a wake-up when `waiting`.
+    fn poll_cut(&mut self, cx: &mut Context<'_>, waiting: bool) -> bool {
+        if let (Cut::Token(token), true) = (&*self, waiting) {
+            *self = Cut::Waiting(Box::pin(token.clone().cancelled_owned()));
+        }
+        match self {
+            Cut::Token(token) => token.is_cancelled(),
+            Cut::Waiting(future) => future.as_mut().poll(cx).is_ready(),
+        }
+    }
 }
 
 impl hyper::body::Body for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if self.cut.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.cut.poll_cut(cx, false) {
+            // An error, not an end: the client must see the body as cut short.
+            return Poll::Ready(Some(
+                Err("the target's deregistration delay is over".into()),
+            ));
         }
-        Pin::new(&mut self.inner).poll_frame(cx)
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending if this.cut.poll_cut(cx, true) => Poll::Ready(Some(Err(
+                "the target's deregistration delay is over".into(),
+            ))),
+            other => other.map_err(BoxError::from),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -289,7 +421,11 @@ pub(crate) fn made(status: StatusCode, message: &str, group: Option<&str>) -> Re
         text = format!("{text} (target group `{g}`)");
     }
     text.push('\n');
-    let mut response = Response::new(Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed_unsync());
+    let mut response = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -298,7 +434,12 @@ pub(crate) fn made(status: StatusCode, message: &str, group: Option<&str>) -> Re
     response
 }
 
-fn made_counted(shared: &Shared, status: StatusCode, message: &str, group: &Group) -> Response<Body> {
+fn made_counted(
+    shared: &Shared,
+    status: StatusCode,
+    message: &str,
+    group: &Group,
+) -> Response<Body> {
     count_made(shared, &group.name, status.as_u16());
     made(status, message, Some(&group.name))
 }
@@ -338,7 +479,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         .filter(|v| (1..=128).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic))
         .cloned()
         .unwrap_or_else(|| {
-            HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..)))
+            HeaderValue::from_maybe_shared(Bytes::from(format!("{:032x}", fastrand::u128(..))))
                 .unwrap_or_else(|_| HeaderValue::from_static("-"))
         })
 }
@@ -353,10 +494,7 @@ fn prepare_headers(headers: &mut HeaderMap, peer: Peer, request_id: &HeaderValue
         headers.insert(header::UPGRADE, value);
     }
     let client = peer.addr.ip().to_string();
-    let forwarded_for = match headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(earlier) => format!("{earlier}, {client}"),
         None => client,
     };
@@ -396,7 +534,10 @@ mod tests {
     fn forwarded_headers_extend_the_chain_and_drop_hop_by_hop_ones() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         let peer = Peer {

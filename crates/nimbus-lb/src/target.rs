@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Balance, GroupConfig};
-use crate::metrics::TargetLabels;
+use crate::metrics::{LbMetrics, TargetLabels, TargetMetrics};
 
 /// A target of a group.
 #[derive(Debug)]
@@ -19,6 +19,8 @@ pub struct Target {
     pub addr: String,
     /// Its metric labels.
     pub labels: TargetLabels,
+    /// Its figures on the exposition.
+    pub metrics: TargetMetrics,
     healthy: AtomicBool,
     checks: Mutex<CheckRun>,
     outstanding: AtomicU32,
@@ -79,14 +81,16 @@ pub struct TargetStatus {
 }
 
 impl Target {
-    /// A healthy target at `addr` in `group`.
-    pub fn new(group: &str, addr: &str) -> Self {
+    /// A healthy target at `addr` in `group`, counted in `metrics`.
+    pub fn new(group: &str, addr: &str, metrics: &LbMetrics) -> Self {
+        let labels = TargetLabels {
+            group: group.to_string(),
+            target: addr.to_string(),
+        };
         Self {
             addr: addr.to_string(),
-            labels: TargetLabels {
-                group: group.to_string(),
-                target: addr.to_string(),
-            },
+            metrics: metrics.for_target(&labels),
+            labels,
             healthy: AtomicBool::new(true),
             checks: Mutex::default(),
             outstanding: AtomicU32::new(0),
@@ -178,7 +182,9 @@ impl Target {
     pub fn status(&self) -> TargetStatus {
         let requests = self.stats.requests.load(Ordering::Relaxed);
         let failed = self.stats.failed.load(Ordering::Relaxed);
-        let answered = requests.saturating_sub(failed).saturating_sub(u64::from(self.outstanding()));
+        let answered = requests
+            .saturating_sub(failed)
+            .saturating_sub(u64::from(self.outstanding()));
         let micros = self.stats.response_micros.load(Ordering::Relaxed);
         TargetStatus {
             target: self.addr.clone(),
@@ -220,6 +226,7 @@ pub struct Group {
     /// Its configuration.
     pub config: GroupConfig,
     next: AtomicUsize,
+    ejecting: Mutex<()>,
 }
 
 impl Group {
@@ -230,6 +237,7 @@ impl Group {
             targets,
             config,
             next: AtomicUsize::new(0),
+            ejecting: Mutex::new(()),
         }
     }
 
@@ -280,6 +288,8 @@ impl Group {
     /// Ejects `target` for failing requests, unless the group already has as many ejected as
     /// it may; whether it was.
     pub fn eject(&self, target: &Target) -> bool {
+        // One ejection at a time per group: the cap is counted and kept under it.
+        let _one = lock(&self.ejecting);
         let now = Instant::now();
         let e = &self.config.ejection;
         let ejected = self.targets.iter().filter(|t| t.ejected(now)).count();
@@ -292,6 +302,7 @@ impl Group {
         let length = e.base_time.saturating_mul(state.times).min(e.max_time);
         state.until = Some(now + length);
         target.consecutive_5xx.store(0, Ordering::Relaxed);
+        target.metrics.ejections.inc();
         tracing::warn!(group = %self.name, target = %target.addr, seconds = length.as_secs_f64(), "target ejected");
         true
     }
@@ -311,7 +322,13 @@ mod tests {
             ..GroupConfig::default()
         };
         let targets = (0..n)
-            .map(|i| Arc::new(Target::new("g", &format!("127.0.0.1:{}", 9000 + i))))
+            .map(|i| {
+                Arc::new(Target::new(
+                    "g",
+                    &format!("127.0.0.1:{}", 9000 + i),
+                    &LbMetrics::default(),
+                ))
+            })
             .collect();
         Group::new("g", config, targets)
     }
@@ -330,7 +347,7 @@ mod tests {
 
     #[test]
     fn health_changes_need_their_thresholds_in_a_row() {
-        let t = Target::new("g", "127.0.0.1:1");
+        let t = Target::new("g", "127.0.0.1:1", &LbMetrics::default());
         assert_eq!(t.record_check(Err("x".into()), 2, 3), None);
         assert_eq!(t.record_check(Err("x".into()), 2, 3), None);
         assert_eq!(t.record_check(Err("x".into()), 2, 3), Some(false));

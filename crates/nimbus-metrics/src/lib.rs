@@ -113,11 +113,10 @@ pub struct RequestMetrics<S> {
 impl<S, B, R> tower::Service<http::Request<B>> for RequestMetrics<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<R>, Error = Infallible>,
-    S::Future: Send + 'static,
 {
     type Response = http::Response<R>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = Timed<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -127,10 +126,32 @@ where
         let started = Instant::now();
         let (parts, body) = request.into_parts();
         let route = (self.route_of)(&parts);
-        let answer = self.inner.call(http::Request::from_parts(parts, body));
-        let family = self.family.clone();
-        Box::pin(async move {
-            let response = answer.await?;
+        Timed {
+            answer: self.inner.call(http::Request::from_parts(parts, body)),
+            record: Some((self.family.clone(), route, started)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's answer, timed when it is ready (no allocation per request).
+    pub struct Timed<F> {
+        #[pin]
+        answer: F,
+        record: Option<(Latency<RouteStatus>, String, Instant)>,
+    }
+}
+
+impl<F, R> Future for Timed<F>
+where
+    F: Future<Output = Result<http::Response<R>, Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.answer.poll(cx))?;
+        if let Some((family, route, started)) = this.record.take() {
             let labels = RouteStatus {
                 route,
                 status: response.status().as_u16(),
@@ -138,8 +159,8 @@ where
             family
                 .get_or_create(&labels)
                 .observe(started.elapsed().as_secs_f64());
-            Ok(response)
-        })
+        }
+        Poll::Ready(Ok(response))
     }
 }
 
@@ -152,7 +173,11 @@ mod tests {
     async fn the_layer_times_requests_under_their_route_and_status() {
         let family = latency::<RouteStatus>();
         let mut exposition = Exposition::default();
-        exposition.register("test_request_duration_seconds", "Time to answer.", family.clone());
+        exposition.register(
+            "test_request_duration_seconds",
+            "Time to answer.",
+            family.clone(),
+        );
         let layer = RequestMetricsLayer::new(family, Arc::new(|p| format!("{} /x", p.method)));
         let mut service = layer.layer(tower::service_fn(|_: http::Request<()>| async {
             Ok::<_, Infallible>(

@@ -172,7 +172,10 @@ pub fn router(state: AppState) -> Router {
 async fn instance_answer(instance: Instance) -> impl IntoResponse {
     (
         [(INSTANCE_HEADER, instance.id.clone())],
-        format!("Instance {} of {} is responding now!\n", instance.id, instance.path),
+        format!(
+            "Instance {} of {} is responding now!\n",
+            instance.id, instance.path
+        ),
     )
 }
 

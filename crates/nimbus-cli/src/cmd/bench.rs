@@ -588,6 +588,7 @@ async fn http(a: BenchHttpArgs) -> anyhow::Result<()> {
                 second: a.second,
                 pause: a.pause,
                 connections: a.connections.unwrap_or(4),
+                mode: a.rate.map_or(Mode::Closed, |rate| Mode::Open { rate }),
                 timeout: a.timeout,
             };
             let bucket = a.bucket.unwrap_or(Duration::from_secs(10));

@@ -43,7 +43,10 @@ pub async fn up(engine: &EngineArgs, args: ClusterUpArgs) -> anyhow::Result<()> 
     for r in &mut replicas {
         r.process.stop_by(deadline);
     }
-    eprintln!("nimbus cluster stopped (replica logs in {})", logs.display());
+    eprintln!(
+        "nimbus cluster stopped (replica logs in {})",
+        logs.display()
+    );
     result
 }
 
@@ -72,13 +75,15 @@ fn start_replicas(
                     id.clone(),
                 ],
             );
-            spec.env.push(("NIMBUS_ENGINE".into(), engine.engine.clone()));
+            spec.env
+                .push(("NIMBUS_ENGINE".into(), engine.engine.clone()));
             if let Some(blobs) = &engine.blobs {
                 spec.env.push(("NIMBUS_BLOBS".into(), blobs.clone()));
             }
             let log = logs.join(format!("{id}.log"));
             spec.log = Some(log.clone());
-            let process = Supervised::spawn(&spec).with_context(|| format!("cannot start replica {id}"))?;
+            let process =
+                Supervised::spawn(&spec).with_context(|| format!("cannot start replica {id}"))?;
             replicas.push(Replica {
                 id,
                 addr: SocketAddr::new(args.bind, port),
@@ -92,7 +97,12 @@ fn start_replicas(
         while std::net::TcpStream::connect_timeout(&r.addr, Duration::from_millis(200)).is_err() {
             if !r.process.running() || Instant::now() > deadline {
                 let tail = std::fs::read_to_string(&r.log).unwrap_or_default();
-                anyhow::bail!("replica {} did not start on {}: {}", r.id, r.addr, tail.trim());
+                anyhow::bail!(
+                    "replica {} did not start on {}: {}",
+                    r.id,
+                    r.addr,
+                    tail.trim()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -102,7 +112,8 @@ fn start_replicas(
 
 /// A port free now on `ip` (the replica binds it a moment later).
 fn free_port(ip: std::net::IpAddr) -> anyhow::Result<u16> {
-    let probe = std::net::TcpListener::bind((ip, 0)).with_context(|| format!("cannot bind {ip}"))?;
+    let probe =
+        std::net::TcpListener::bind((ip, 0)).with_context(|| format!("cannot bind {ip}"))?;
     Ok(probe.local_addr()?.port())
 }
 
@@ -142,7 +153,9 @@ fn layout(args: &ClusterUpArgs, balance: Balance, replicas: &[Replica]) -> Confi
         }],
         admin: Some(SocketAddr::new(args.bind, args.admin_port)),
         rules,
-        default_action: Some(Action::Forward { group: "all".into() }),
+        default_action: Some(Action::Forward {
+            group: "all".into(),
+        }),
         groups,
         limits: nimbus_lb::config::Limits::default(),
     }
@@ -156,7 +169,10 @@ async fn serve(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     let lb = Balancer::new(layout(args, balance, replicas), shutdown)?;
-    let (listeners, admin) = lb.open().await.context("pass --port N, or --port 0 for any free port")?;
+    let (listeners, admin) = lb
+        .open()
+        .await
+        .context("pass --port N, or --port 0 for any free port")?;
     crate::cmd::lb::announce(&listeners, admin.as_ref())?;
     let url = listeners
         .first()
@@ -171,6 +187,6 @@ async fn serve(
         args.clusters,
         logs.display()
     );
-    lb.serve(listeners, admin).await;
+    lb.serve(listeners, admin).await?;
     Ok(())
 }

@@ -22,7 +22,7 @@ pub async fn run(args: LbArgs) -> anyhow::Result<()> {
     if let Some(hangups) = hangups {
         tokio::spawn(reload_on_hangup(lb.clone(), args.config.clone(), hangups));
     }
-    lb.serve(listeners, admin).await;
+    lb.serve(listeners, admin).await?;
     eprintln!("nimbus lb stopped");
     Ok(())
 }
@@ -80,7 +80,9 @@ fn hangups() -> Option<Hangups> {
     #[cfg(unix)]
     {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP; reload needs a restart"))
+            .map_err(
+                |e| tracing::warn!(error = %e, "cannot listen for SIGHUP; reload needs a restart"),
+            )
             .ok()
     }
     #[cfg(not(unix))]
@@ -97,7 +99,12 @@ async fn reload_on_hangup(lb: Balancer, path: Option<PathBuf>, mut hangups: Hang
         let result = Config::from_file(path)
             .map_err(nimbus_lb::LbError::from)
             .and_then(|c| lb.reload(c))
-            .with_context(|| format!("{} not reloaded; the running configuration stays", path.display()));
+            .with_context(|| {
+                format!(
+                    "{} not reloaded; the running configuration stays",
+                    path.display()
+                )
+            });
         match result {
             Ok(()) => eprintln!("nimbus lb: {} reloaded", path.display()),
             Err(e) => eprintln!("nimbus lb: {e:#}"),

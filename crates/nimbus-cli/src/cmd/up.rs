@@ -82,7 +82,9 @@ fn cluster_path(path: &str) -> anyhow::Result<String> {
     let ok = path.len() > 1
         && path.len() <= 128
         && path.starts_with('/')
-        && path.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
     anyhow::ensure!(
         ok,
         "--cluster-path `{path}`: `/` and then letters, digits, `-`, `_`, `.` or `/` (at most 128)"

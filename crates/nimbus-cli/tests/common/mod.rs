@@ -195,6 +195,9 @@ pub fn run_browser(script: &str, url: &str, shots: &std::path::Path, args: &[Str
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "browser test {script} failed: {report}");
+    assert!(
+        out.status.success(),
+        "browser test {script} failed: {report}"
+    );
     report
 }
