@@ -289,6 +289,14 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> Duration {
     started.elapsed()
 }
 
+/// Asserts that the balancer's exposition holds every one of `lines`.
+fn assert_metrics(lb: &Lb, lines: &[&str]) {
+    let metrics = lb.balancer.metrics_text();
+    for line in lines {
+        assert!(metrics.contains(line), "{line} not in {metrics}");
+    }
+}
+
 fn target_healthy(lb: &Lb, group: &str, addr: SocketAddr) -> bool {
     let status = lb.balancer.status();
     status["groups"]
@@ -343,14 +351,12 @@ async fn path_rules_go_to_their_groups_first_match_wins_and_the_default_answers_
     );
     assert_eq!(other.body, "nothing here\n");
     assert!(other.headers.contains_key("x-request-id"));
-    let metrics = lb.balancer.metrics_text();
-    assert!(
-        metrics.contains("nimbus_lb_balancer_responses_total{group=\"-\",status=\"404\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("route=\"/api/v?/*\",status=\"200\""),
-        "{metrics}"
+    assert_metrics(
+        &lb,
+        &[
+            "nimbus_lb_balancer_responses_total{group=\"-\",status=\"404\"} 1",
+            "route=\"/api/v?/*\",status=\"200\"",
+        ],
     );
 }
 
@@ -404,11 +410,7 @@ async fn a_failing_health_check_takes_a_target_out_within_its_thresholds_and_bac
         assert_eq!(get(lb.addr, "/").await.body, "b");
     }
     assert_eq!(a.hits(), before);
-    let metrics = lb.balancer.metrics_text();
-    assert!(
-        metrics.contains("nimbus_lb_healthy_hosts{group=\"g\"} 1"),
-        "{metrics}"
-    );
+    assert_metrics(&lb, &["nimbus_lb_healthy_hosts{group=\"g\"} 1"]);
     a.healthy.store(true, Ordering::SeqCst);
     eventually("a healthy again", || target_healthy(&lb, "g", a.addr)).await;
     for _ in 0..4 {
@@ -431,14 +433,12 @@ async fn a_killed_target_costs_idempotent_requests_nothing_and_is_ejected() {
         answered.push(r.body);
     }
     assert!(answered[11..].iter().all(|who| who == "b"), "{answered:?}");
-    let metrics = lb.balancer.metrics_text();
-    assert!(
-        metrics.contains("nimbus_lb_ejections_total{group=\"g\""),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("nimbus_lb_retries_total{group=\"g\"}"),
-        "{metrics}"
+    assert_metrics(
+        &lb,
+        &[
+            "nimbus_lb_ejections_total{group=\"g\"",
+            "nimbus_lb_retries_total{group=\"g\"}",
+        ],
     );
 }
 
@@ -557,10 +557,7 @@ async fn a_reload_adds_a_target_without_failing_a_request_and_a_bad_one_changes_
         total += n.unwrap();
     }
     assert!(total > 40);
-    assert!(lb
-        .balancer
-        .metrics_text()
-        .contains("nimbus_lb_reloads_total{group=\"ok\"} 1"));
+    assert_metrics(&lb, &["nimbus_lb_reloads_total{group=\"ok\"} 1"]);
 }
 
 #[tokio::test]
