@@ -321,6 +321,27 @@ fn lb_flags_that_cannot_work_are_refused_naming_them() {
             "{args:?}: {stderr}"
         );
     }
+    let data = tempfile::tempdir().unwrap();
+    let engine = format!("sqlite://{}/nimbus.db", data.path().display());
+    for path in ["/fleet", "/api/v1/jobs", "//", "nope"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_nimbus"))
+            .args([
+                "--engine",
+                &engine,
+                "web",
+                "--port",
+                "0",
+                "--cluster-path",
+                path,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(&format!("--cluster-path `{path}`")),
+            "{path}: {stderr}"
+        );
+    }
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let out = Command::new(env!("CARGO_BIN_EXE_nimbus"))

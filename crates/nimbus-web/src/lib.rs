@@ -62,6 +62,23 @@ pub struct Instance {
     pub id: String,
 }
 
+/// Whether the web tier already serves `path` (a cluster's path must be another).
+pub fn serves(path: &str) -> bool {
+    const PAGES: [&str; 7] = [
+        "/",
+        "/healthz",
+        "/metrics",
+        "/classify",
+        "/fleet",
+        "/queues",
+        "/jobs",
+    ];
+    let trimmed = path.trim_end_matches('/');
+    PAGES.contains(&if trimmed.is_empty() { "/" } else { trimmed })
+        || ["/api/", "/jobs/"].iter().any(|p| path.starts_with(p))
+        || path == "/api"
+}
+
 /// The header a cluster replica names itself in.
 pub const INSTANCE_HEADER: &str = "x-nimbus-instance";
 

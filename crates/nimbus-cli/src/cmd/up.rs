@@ -89,6 +89,10 @@ fn cluster_path(path: &str) -> anyhow::Result<String> {
         ok,
         "--cluster-path `{path}`: `/` and then letters, digits, `-`, `_`, `.` or `/` (at most 128)"
     );
+    anyhow::ensure!(
+        !nimbus_web::serves(path),
+        "--cluster-path `{path}` is a path the web tier serves itself: pick another, such as /cluster1"
+    );
     Ok(path.to_string())
 }
 
