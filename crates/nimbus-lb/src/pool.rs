@@ -75,8 +75,10 @@ impl Pooled {
         let connect = async {
             let stream = tokio::net::TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
-            let (sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            let (sender, connection) = hyper::client::conn::http1::Builder::new()
+                .writev(false)
+                .handshake(TokioIo::new(stream))
+                .await?;
             tokio::spawn(async move {
                 if let Err(e) = connection.with_upgrades().await {
                     tracing::debug!(error = %e, "target connection ended");

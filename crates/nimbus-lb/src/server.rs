@@ -259,7 +259,8 @@ where
         .header_read_timeout(limits.header_read_timeout)
         .max_header_size(limits.max_header_bytes)
         .max_buf_size(limits.max_header_bytes.max(64 * 1024))
-        .keep_alive(true);
+        .keep_alive(true)
+        .writev(false);
     let Listener { tcp, tls } = listener;
     loop {
         let accepted = tokio::select! {
