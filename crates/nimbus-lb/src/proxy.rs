@@ -49,11 +49,12 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
 ];
 
-/// The rule label of `path` for the request metrics.
-pub(crate) fn rule_of(shared: &Shared, path: &str) -> String {
-    match shared.routing().route(path) {
-        Route::Forward { rule, .. } => rule.to_string(),
-        Route::Fixed { .. } => "fixed".into(),
+/// The rule label of a routed request for the request metrics.
+pub(crate) fn rule_of(parts: &http::request::Parts) -> String {
+    match parts.extensions.get::<Route>() {
+        Some(Route::Forward { rule, .. }) => rule.to_string(),
+        Some(Route::Fixed { .. }) => "fixed".into(),
+        None => "unrouted".into(),
     }
 }
 
@@ -63,7 +64,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, mut request: Request<Incoming>) 
         return made(StatusCode::INTERNAL_SERVER_ERROR, "no peer address", None);
     };
     let request_id = request_id(request.headers());
-    let route = shared.routing().route(request.uri().path()).clone();
+    let route = match request.extensions_mut().remove::<Route>() {
+        Some(route) => route,
+        None => shared.routing().route(request.uri().path()).clone(),
+    };
     let mut response = match route {
         Route::Fixed { status, body } => {
             count_made(&shared, "-", status);

@@ -202,10 +202,10 @@ impl Workers {
 /// Serves the proxy on `listener` until shutdown.
 pub(crate) async fn serve_proxy(shared: Arc<Shared>, listener: Listener, workers: Arc<Workers>) {
     let port = listener.local_addr().map_or(0, |a| a.port());
-    let layer = nimbus_metrics::RequestMetricsLayer::new(shared.metrics.requests.clone(), {
-        let shared = shared.clone();
-        Arc::new(move |parts| proxy::rule_of(&shared, parts.uri.path()))
-    });
+    let layer = nimbus_metrics::RequestMetricsLayer::new(
+        shared.metrics.requests.clone(),
+        Arc::new(proxy::rule_of),
+    );
     let service = ServiceBuilder::new().layer(layer).service_fn({
         let shared = shared.clone();
         move |request: Request<Incoming>| {
@@ -213,14 +213,19 @@ pub(crate) async fn serve_proxy(shared: Arc<Shared>, listener: Listener, workers
             async move { Ok::<_, Infallible>(proxy::handle(shared, request).await) }
         }
     });
+    let routed = shared.clone();
     let make = move |peer: SocketAddr, tls: bool| {
-        let service = service.clone();
+        let (service, shared) = (service.clone(), routed.clone());
         move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(Peer {
+            // Routed once, here: the metrics layer labels by the rule, the proxy follows it.
+            let route = shared.routing().route(request.uri().path()).clone();
+            let extensions = request.extensions_mut();
+            extensions.insert(Peer {
                 addr: peer,
                 port,
                 tls,
             });
+            extensions.insert(route);
             service.clone().call(request)
         }
     };

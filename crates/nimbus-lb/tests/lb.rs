@@ -208,25 +208,22 @@ async fn start_lb(toml: &str) -> Lb {
     }
 }
 
-/// A group of `targets` with fast health checks, and every path to it.
-fn one_group(targets: &[SocketAddr], extra: &str) -> String {
+/// One group `g` of `targets` taking every path, with `lines` added to its table.
+fn group_toml(targets: &[SocketAddr], lines: &str) -> String {
     let list: Vec<String> = targets.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
-        r#"
-        [[listener]]
-        bind = "127.0.0.1:0"
-        [default]
-        group = "g"
-        [group.g]
-        targets = [{}]
-        {extra}
-        [group.g.health]
-        interval = "100ms"
-        timeout = "500ms"
-        healthy_threshold = 2
-        unhealthy_threshold = 2
-        "#,
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[default]\ngroup = \"g\"\n[group.g]\ntargets = [{}]\n{lines}\n",
         list.join(", ")
+    )
+}
+
+/// A group of `targets` with fast health checks, and every path to it.
+fn one_group(targets: &[SocketAddr], extra: &str) -> String {
+    group_toml(
+        targets,
+        &format!(
+            "{extra}\n[group.g.health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2"
+        ),
     )
 }
 
@@ -447,18 +444,9 @@ async fn a_request_with_a_body_or_a_non_idempotent_method_is_never_sent_twice() 
     let (hole, seen) = black_hole().await;
     let good = Backend::start("good").await;
     // No health checks (the black hole fails them) and no ejection: the routing stays put.
-    let lb = start_lb(&format!(
-        r#"
-        [[listener]]
-        bind = "127.0.0.1:0"
-        [default]
-        group = "g"
-        [group.g]
-        targets = ["{hole}", "{}"]
-        health = {{ enabled = false }}
-        ejection = {{ consecutive_5xx = 0 }}
-        "#,
-        good.addr
+    let lb = start_lb(&group_toml(
+        &[hole, good.addr],
+        "health = { enabled = false }\nejection = { consecutive_5xx = 0 }",
     ))
     .await;
     // Round robin starts at the black hole for the first request.

@@ -37,6 +37,18 @@ async fn platform(config: WebConfig, with_workers: bool) -> Platform {
     common::platform(config, with_workers.then_some(spec)).await
 }
 
+/// `POST /api/v1/queues/QUEUE/redrive`.
+async fn redrive(app: &Router, queue: &str) -> (StatusCode, Value) {
+    call(
+        app,
+        "POST",
+        &format!("/api/v1/queues/{queue}/redrive"),
+        None,
+        Body::empty(),
+    )
+    .await
+}
+
 async fn call(
     app: &Router,
     method: &str,
@@ -486,14 +498,7 @@ async fn the_queues_view_shows_depths_and_a_redrive_moves_dead_letters_back() {
     assert_eq!(row(&v, "work")["max_receives"], 1);
     assert_eq!(row(&v, "work-dead")["visible"], 2, "{v}");
 
-    let (status, v) = call(
-        &p.app,
-        "POST",
-        "/api/v1/queues/work/redrive",
-        None,
-        Body::empty(),
-    )
-    .await;
+    let (status, v) = redrive(&p.app, "work").await;
     assert_eq!(
         (status, v["moved"].as_u64(), v["from"].as_str()),
         (StatusCode::OK, Some(2), Some("work-dead")),
@@ -512,14 +517,7 @@ async fn the_queues_view_shows_depths_and_a_redrive_moves_dead_letters_back() {
         "the dead-letter queue is empty"
     );
 
-    let (status, v) = call(
-        &p.app,
-        "POST",
-        "/api/v1/queues/work-dead/redrive",
-        None,
-        Body::empty(),
-    )
-    .await;
+    let (status, v) = redrive(&p.app, "work-dead").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     assert!(
         v["error"]
@@ -528,36 +526,15 @@ async fn the_queues_view_shows_depths_and_a_redrive_moves_dead_letters_back() {
             .contains("has no dead-letter queue"),
         "{v}"
     );
-    let (status, v) = call(
-        &p.app,
-        "POST",
-        "/api/v1/queues/nope/redrive",
-        None,
-        Body::empty(),
-    )
-    .await;
+    let (status, v) = redrive(&p.app, "nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
-    let (status, v) = call(
-        &p.app,
-        "POST",
-        "/api/v1/queues/bad%20name/redrive",
-        None,
-        Body::empty(),
-    )
-    .await;
+    let (status, v) = redrive(&p.app, "bad%20name").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     // A dead-letter queue that also takes another queue's messages is not emptied into one.
     q.create_queue(&QueueName::new("other").unwrap(), &options)
         .await
         .unwrap();
-    let (status, v) = call(
-        &p.app,
-        "POST",
-        "/api/v1/queues/work/redrive",
-        None,
-        Body::empty(),
-    )
-    .await;
+    let (status, v) = redrive(&p.app, "work").await;
     assert_eq!(status, StatusCode::CONFLICT, "{v}");
     assert!(
         v["error"]
