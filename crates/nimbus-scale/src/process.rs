@@ -1,11 +1,14 @@
-//! One supervisor for `nimbus worker` processes on this machine, used by the local compute
-//! provider and by the benchmarks: each runs in its own process group, stops gracefully
-//! (SIGTERM to the group, so its task processes stop too, then SIGKILL after a grace period) and
-//! is reaped.
+//! The one home of child processes: a supervisor for `nimbus worker` processes on this machine,
+//! used by the local compute provider and by the benchmarks (each runs in its own process group,
+//! stops gracefully: SIGTERM, then SIGKILL to the group after a grace period, and is reaped), and
+//! [`run`], which runs a command to completion for a handler (shell tasks, ffmpeg) under a time
+//! limit and a cancel token, killing its whole process group whenever it stops early.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
 
 /// How to start a worker process: the `nimbus` executable, its arguments and environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +99,7 @@ impl Supervised {
     /// back; the group is killed only if that runs out (see [`Supervised::enforce`]).
     pub fn ask_to_stop(&mut self) {
         if self.stop_asked.is_none() && self.running() {
-            if !signal("-TERM", &self.pid().to_string()) {
+            if !signal(self.pid(), Target::Process, Signal::TERM) {
                 let _ = self.child.kill();
             }
             self.stop_asked = Some(Instant::now());
@@ -113,7 +116,7 @@ impl Supervised {
     }
 
     fn kill_group(&mut self) {
-        if !signal("-KILL", &format!("-{}", self.pid())) && self.running() {
+        if !signal(self.pid(), Target::Group, Signal::KILL) && self.running() {
             let _ = self.child.kill();
         }
     }
@@ -135,18 +138,26 @@ impl Supervised {
     }
 }
 
-/// Sends `sig` to `target` (a pid, or `-PGID` for a group) with kill(1); whether it was sent.
-fn signal(sig: &str, target: &str) -> bool {
-    let sent = Command::new("kill")
-        .args([sig, "--", target])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !sent {
-        tracing::debug!(signal = sig, target, "kill found nothing to signal");
+/// What a signal goes to: one process, or the process group it leads.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Process,
+    Group,
+}
+
+/// Sends `sig` to process `pid` or to its group; whether it was sent.
+fn signal(pid: u32, target: Target, sig: Signal) -> bool {
+    let Some(id) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return false;
+    };
+    let sent = match target {
+        Target::Process => rustix::process::kill_process(id, sig),
+        Target::Group => rustix::process::kill_process_group(id, sig),
+    };
+    if let Err(e) = &sent {
+        tracing::debug!(pid, ?target, error = %e, "nothing to signal");
     }
-    sent
+    sent.is_ok()
 }
 
 /// Worker processes that are stopped (gracefully, then killed after the grace period) when
@@ -182,6 +193,220 @@ impl Drop for ProcessSet {
             p.stop_by(deadline);
         }
     }
+}
+
+/// Bounds on a command run to completion by [`run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunLimits {
+    /// The longest it may run; its whole group is killed then.
+    pub timeout: Option<Duration>,
+    /// How many bytes of the end of its standard error are kept for the error message.
+    pub stderr_tail: usize,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        Self {
+            timeout: None,
+            stderr_tail: 4096,
+        }
+    }
+}
+
+/// How a command run by [`run`] ended on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutput {
+    /// Its exit status.
+    pub status: std::process::ExitStatus,
+    /// How many bytes it wrote to standard output.
+    pub stdout_bytes: u64,
+    /// The end of its standard error (at most [`RunLimits::stderr_tail`] bytes), trimmed.
+    pub stderr: String,
+}
+
+impl RunOutput {
+    /// `Ok` when it exited with 0; otherwise the status with the end of its standard error.
+    pub fn success(self, program: &str) -> Result<Self, RunError> {
+        if self.status.success() {
+            Ok(self)
+        } else {
+            Err(RunError::Failed {
+                program: program.to_string(),
+                status: self.status,
+                stderr: self.stderr,
+            })
+        }
+    }
+}
+
+/// Why a command run by [`run`] did not end well.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// It could not be started (not found, not executable).
+    #[error("cannot start `{program}`: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It ran past its time limit and was killed with its group.
+    #[error("`{program}` ran past its time limit of {limit:?} and was stopped{}", quote(stderr))]
+    TimedOut {
+        /// The program.
+        program: String,
+        /// The limit.
+        limit: Duration,
+        /// The end of its standard error.
+        stderr: String,
+    },
+    /// The cancel token fired; it was killed with its group.
+    #[error("`{program}` was stopped: cancelled")]
+    Cancelled {
+        /// The program.
+        program: String,
+    },
+    /// It exited with a status other than 0 (see [`RunOutput::success`]).
+    #[error("`{program}` exited with {status}{}", quote(stderr))]
+    Failed {
+        /// The program.
+        program: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// The end of its standard error.
+        stderr: String,
+    },
+    /// Waiting for it failed.
+    #[error("waiting for `{program}` failed: {source}")]
+    Wait {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn quote(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!(": {stderr}")
+    }
+}
+
+/// Kills the process group it names when dropped: a run that ends early (time limit, cancel,
+/// its future dropped) or on its own leaves none of its processes behind.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        signal(self.0, Target::Group, Signal::KILL);
+    }
+}
+
+/// Runs `command` to its end in a process group of its own, with standard input closed; each
+/// line it writes to standard output goes to `on_line`. Its whole group is killed when it ends,
+/// when `limits.timeout` runs out, when `cancel` fires, or when this future is dropped (so a
+/// shell's children go too, not the shell alone).
+pub async fn run(
+    mut command: tokio::process::Command,
+    limits: &RunLimits,
+    cancel: &tokio_util::sync::CancellationToken,
+    mut on_line: impl FnMut(&str),
+) -> Result<RunOutput, RunError> {
+    use tokio::io::AsyncReadExt;
+    let program = command
+        .as_std()
+        .get_program()
+        .to_string_lossy()
+        .into_owned();
+    let mut child = command
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| RunError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    let Some(pid) = child.id() else {
+        return Err(RunError::Wait {
+            program,
+            source: std::io::Error::other("the child ended before it could be watched"),
+        });
+    };
+    let guard = GroupGuard(pid);
+    let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+    let read_stdout = async {
+        let (mut total, mut line, mut buf) = (0u64, Vec::new(), [0u8; 8192]);
+        let Some(out) = stdout.as_mut() else { return 0 };
+        while let Ok(n @ 1..) = out.read(&mut buf).await {
+            total += n as u64;
+            for chunk in buf[..n].split_inclusive(|b| *b == b'\n') {
+                // A line longer than 64 KiB is cut there; the rest still counts as output.
+                if line.len() < 64 * 1024 {
+                    line.extend_from_slice(chunk);
+                }
+                if chunk.ends_with(b"\n") {
+                    on_line(String::from_utf8_lossy(&line).trim_end());
+                    line.clear();
+                }
+            }
+        }
+        total
+    };
+    let tail = limits.stderr_tail;
+    let read_stderr = async {
+        let (mut kept, mut buf) = (Vec::new(), [0u8; 4096]);
+        let Some(err) = stderr.as_mut() else {
+            return String::new();
+        };
+        while let Ok(n @ 1..) = err.read(&mut buf).await {
+            kept.extend_from_slice(&buf[..n]);
+            // Twice the tail is kept while reading, so trailing blank lines do not eat it.
+            if kept.len() > 4 * tail {
+                kept.drain(..kept.len() - 2 * tail);
+            }
+        }
+        let text = String::from_utf8_lossy(&kept);
+        let text = text.trim();
+        let mut start = text.len().saturating_sub(tail);
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        text[start..].to_string()
+    };
+    let wait = async {
+        let status = child.wait().await;
+        // What it started and left running would hold its pipes open: end them too.
+        signal(pid, Target::Group, Signal::KILL);
+        status
+    };
+    let finished = async { tokio::join!(read_stdout, read_stderr, wait) };
+    let limit = limits.timeout.unwrap_or(Duration::MAX);
+    let ended = tokio::select! {
+        ended = tokio::time::timeout(limit, finished) => ended,
+        () = cancel.cancelled() => return Err(RunError::Cancelled { program }),
+    };
+    drop(guard);
+    let Ok((stdout_bytes, stderr, status)) = ended else {
+        return Err(RunError::TimedOut {
+            program,
+            limit,
+            stderr: String::new(),
+        });
+    };
+    let status = status.map_err(|source| RunError::Wait {
+        program: program.clone(),
+        source,
+    })?;
+    Ok(RunOutput {
+        status,
+        stdout_bytes,
+        stderr,
+    })
 }
 
 #[cfg(test)]
@@ -247,4 +472,94 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+
+    fn sh_command(script: &str) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    #[tokio::test]
+    async fn run_passes_lines_counts_bytes_and_keeps_the_end_of_stderr() {
+        let mut lines = Vec::new();
+        let limits = RunLimits {
+            timeout: None,
+            stderr_tail: 8,
+        };
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let out = run(
+            sh_command("printf 'a=1\\nb=2\\n'; echo 0123456789abcdef >&2; exit 4"),
+            &limits,
+            &cancel,
+            |l| lines.push(l.to_string()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(lines, ["a=1", "b=2"]);
+        assert_eq!(out.stdout_bytes, 8);
+        assert_eq!(out.stderr, "89abcdef");
+        let failed = out.success("sh").unwrap_err().to_string();
+        assert!(failed.contains("exit status: 4") && failed.contains("89abcdef"), "{failed}");
+        let missing = run(
+            tokio::process::Command::new("/nonexistent/ffmpeg"),
+            &limits,
+            &cancel,
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(missing, RunError::Spawn { .. }), "{missing}");
+    }
+
+    /// The pid a script wrote to `file`, once it has.
+    async fn pid_in(file: &Path) -> u32 {
+        for _ in 0..500 {
+            if let Some(pid) = std::fs::read_to_string(file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the script never wrote its pid");
+    }
+
+    #[tokio::test]
+    async fn a_time_limit_or_a_cancel_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        for by_cancel in [false, true] {
+            let file = dir.path().join(format!("pid-{by_cancel}"));
+            // The shell's child holds the pipes: killing only `sh` would leave it running.
+            let script = format!("echo $$ > {}; sleep 30 & wait", file.display());
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let limits = RunLimits {
+                timeout: (!by_cancel).then_some(Duration::from_millis(300)),
+                ..RunLimits::default()
+            };
+            let started = Instant::now();
+            let running = run(sh_command(&script), &limits, &cancel, |_| {});
+            let watcher = async {
+                let pid = pid_in(&file).await;
+                if by_cancel {
+                    cancel.cancel();
+                }
+                pid
+            };
+            let (ended, pid) = tokio::join!(running, watcher);
+            let err = ended.unwrap_err();
+            if by_cancel {
+                assert!(matches!(err, RunError::Cancelled { .. }), "{err}");
+            } else {
+                assert!(err.to_string().contains("time limit of 300ms"), "{err}");
+            }
+            assert!(started.elapsed() < Duration::from_secs(20));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while live_in_group(pid) > 0 {
+                assert!(Instant::now() < deadline, "the group outlived the run");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
 }

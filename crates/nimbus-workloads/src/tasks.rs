@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nimbus_worker::{Handler, Outcome, TaskContext};
+use nimbus_scale::process::{self, RunError, RunLimits};
 use regex_lite::Regex;
-use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
 
 /// The queue tasks go to unless told otherwise.
 pub const TASKS_QUEUE: &str = "tasks";
@@ -113,63 +114,47 @@ fn failure_of(status: std::process::ExitStatus, stderr: &[u8]) -> String {
     }
 }
 
-/// Runs a task on the async runtime; `env` is passed to shell commands.
+/// Runs a task on the async runtime; `env` is passed to shell commands. A shell command runs
+/// in a process group of its own, all of which is killed when `cancel` fires.
 pub async fn run(
     spec: &TaskSpec,
     policy: &ExecPolicy,
     env: &[(&str, &str)],
+    cancel: &CancellationToken,
 ) -> Result<TaskOutput, String> {
     match spec {
+        // No timer for a no-op task: it would wait for the timer wheel's next tick.
+        TaskSpec::Sleep(d) if d.is_zero() => Ok(TaskOutput::default()),
         TaskSpec::Sleep(d) => {
-            if !d.is_zero() {
-                tokio::time::sleep(*d).await;
+            tokio::select! {
+                () = tokio::time::sleep(*d) => Ok(TaskOutput::default()),
+                () = cancel.cancelled() => Err(CANCELLED.into()),
             }
-            Ok(TaskOutput::default())
         }
         TaskSpec::Shell(command) => {
             if let Some(refusal) = policy.refusal(command) {
                 return Err(refusal);
             }
-            let mut child = tokio::process::Command::new("sh")
-                .args(["-c", command])
-                .envs(env.iter().copied())
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| format!("cannot start `sh`: {e}"))?;
-            let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
-            let count_stdout = async {
-                let mut total = 0u64;
-                let mut buf = [0u8; 8192];
-                if let Some(out) = out.as_mut() {
-                    while let Ok(n) = out.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        total += n as u64;
-                    }
-                }
-                total
+            let mut sh = tokio::process::Command::new("sh");
+            sh.args(["-c", command]).envs(env.iter().copied());
+            let limits = RunLimits {
+                timeout: None,
+                stderr_tail: STDERR_QUOTE,
             };
-            let read_stderr = async {
-                let mut text = Vec::new();
-                if let Some(err) = err.as_mut() {
-                    let _ = err.take(64 * 1024).read_to_end(&mut text).await;
-                }
-                text
-            };
-            let (bytes, stderr, status) = tokio::join!(count_stdout, read_stderr, child.wait());
-            let status = status.map_err(|e| format!("waiting for the command failed: {e}"))?;
-            if status.success() {
-                Ok(TaskOutput { bytes })
-            } else {
-                Err(failure_of(status, &stderr))
+            match process::run(sh, &limits, cancel, |_| {}).await {
+                Ok(out) if out.status.success() => Ok(TaskOutput {
+                    bytes: out.stdout_bytes,
+                }),
+                Ok(out) => Err(failure_of(out.status, out.stderr.as_bytes())),
+                Err(RunError::Cancelled { .. }) => Err(CANCELLED.into()),
+                Err(e) => Err(e.to_string()),
             }
         }
     }
 }
+
+/// Why a task given up by its worker failed.
+const CANCELLED: &str = "cancelled: the worker gave the task up";
 
 /// Runs a task on the calling thread (the local back end's thread pool).
 pub fn run_blocking(spec: &TaskSpec, policy: &ExecPolicy) -> Result<TaskOutput, String> {
@@ -248,12 +233,11 @@ impl Handler for TaskHandler {
             ("NIMBUS_TASK_ID", task.task_id.as_str()),
             ("NIMBUS_WORKER_ID", task.worker_id.as_str()),
         ];
-        tokio::select! {
-            result = run(&spec, &self.policy, &env) => match result {
-                Ok(out) => Outcome::Done { output_bytes: out.bytes },
-                Err(e) => Outcome::Failed(e),
+        match run(&spec, &self.policy, &env, &task.cancel).await {
+            Ok(out) => Outcome::Done {
+                output_bytes: out.bytes,
             },
-            () = task.cancel.cancelled() => Outcome::Failed("cancelled: the worker gave the task up".into()),
+            Err(e) => Outcome::Failed(e),
         }
     }
 }
@@ -302,10 +286,14 @@ mod tests {
             .contains("not a valid regex"));
     }
 
+    fn none() -> CancellationToken {
+        CancellationToken::new()
+    }
+
     #[tokio::test]
     async fn shell_tasks_report_output_size_and_failures() {
         let any = ExecPolicy::allow(".*").unwrap();
-        let ok = run(&TaskSpec::Shell("printf hello".into()), &any, &[])
+        let ok = run(&TaskSpec::Shell("printf hello".into()), &any, &[], &none())
             .await
             .unwrap();
         assert_eq!(ok.bytes, 5);
@@ -313,6 +301,7 @@ mod tests {
             &TaskSpec::Shell("printf %s \"$NIMBUS_TASK_ID\"".into()),
             &any,
             &[("NIMBUS_TASK_ID", "t-42")],
+            &none(),
         )
         .await;
         assert_eq!(env.unwrap().bytes, 4, "the task id reaches the command");
@@ -320,6 +309,7 @@ mod tests {
             &TaskSpec::Shell("echo broken >&2; exit 3".into()),
             &any,
             &[],
+            &none(),
         )
         .await
         .unwrap_err();
@@ -327,7 +317,7 @@ mod tests {
             err.contains("exit status: 3") && err.contains("broken"),
             "{err}"
         );
-        let refused = run(&TaskSpec::Shell("true".into()), &ExecPolicy::default(), &[])
+        let refused = run(&TaskSpec::Shell("true".into()), &ExecPolicy::default(), &[], &none())
             .await
             .unwrap_err();
         assert!(refused.contains("refused"), "{refused}");
