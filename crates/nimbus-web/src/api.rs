@@ -6,8 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use nimbus_core::task::{ATTR_KIND, ATTR_TASK_ID};
-use nimbus_core::{JobEvent, JobState, OutgoingMessage, QueueName};
+use nimbus_core::{JobEvent, JobState};
 use nimbus_workloads::atoms::{self, AtomsParams};
 use nimbus_workloads::jobs::JobStore;
 use object_store::path::Path as BlobPath;
@@ -46,7 +45,7 @@ pub async fn create_job(
         atoms::KIND => create_atoms_job(&state, request.params).await,
         other => Err(ApiError::bad_request(format!(
             "unknown job kind `{other}`; known kinds: {}",
-            atoms::KIND
+            nimbus_workloads::kinds::jobs_api_kinds()
         ))),
     }
 }
@@ -71,28 +70,13 @@ async fn create_atoms_job(
         .check(params.grid_size, count)
         .map_err(ApiError::bad_request)?;
     params.atom_count = Some(count);
-    let n = u64::from(params.grid_size);
+    let grid = params.grid_size;
+    let n = u64::from(grid);
     let params = serde_json::to_value(&params).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let job = JobStore::new_job(atoms::KIND, params, n * n * n);
     state.store.create(&job).await?;
-    let seed = json!({ "Grid size": n, "Atom count": count, "Atom values": null, "Result": null });
-    let blob = BlobPath::from(format!("jobs/{}/job.json", job.id));
-    if let Err(e) = state
-        .store
-        .engine()
-        .blobs
-        .put(&blob, Bytes::from(seed.to_string()).into())
-        .await
-    {
-        fail_quietly(state, &job.id, &format!("could not store the job: {e}")).await;
-        return Err(blob_error(e));
-    }
-    let message = OutgoingMessage::new(json!({ "job_id": job.id }).to_string())
-        .attribute(ATTR_KIND, atoms::GENERATE)
-        .attribute(ATTR_TASK_ID, format!("{}/generate", job.id));
-    let queue = QueueName::new(atoms::GENERATE)?;
-    if let Err(e) = state.store.engine().queue.send(&queue, message).await {
-        fail_quietly(state, &job.id, &format!("could not queue the job: {e}")).await;
+    if let Err(e) = atoms::start_job(&state.store, &job.id, grid, count).await {
+        fail_quietly(state, &job.id, &format!("could not start the job: {e}")).await;
         return Err(e.into());
     }
     tracing::info!(job_id = %job.id, grid = n, atoms = count, "atoms job created");

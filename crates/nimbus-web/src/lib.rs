@@ -20,7 +20,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use nimbus_core::{Engine, Result};
-use nimbus_workloads::atoms::{self, Limits};
+use nimbus_workloads::atoms::Limits;
 use nimbus_workloads::jobs::JobStore;
 use tokio_util::sync::CancellationToken;
 
@@ -122,11 +122,7 @@ impl AppState {
     /// (until `shutdown`; the handle ends once the replica's event queue is removed).
     pub async fn start(&self, shutdown: CancellationToken) -> Result<tokio::task::JoinHandle<()>> {
         self.store
-            .prepare(&[
-                atoms::GENERATE,
-                atoms::SOLVE,
-                nimbus_workloads::classify::REQUESTS,
-            ])
+            .prepare(&nimbus_workloads::kinds::web_queues())
             .await?;
         events::start_pump(
             self.store.engine().clone(),

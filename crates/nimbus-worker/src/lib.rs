@@ -85,7 +85,8 @@ impl Handlers {
         self.by_kind.get(kind).cloned()
     }
 
-    fn kinds(&self) -> Vec<&str> {
+    /// The kinds registered, sorted.
+    pub fn kinds(&self) -> Vec<&str> {
         let mut kinds: Vec<_> = self.by_kind.keys().map(String::as_str).collect();
         kinds.sort_unstable();
         kinds

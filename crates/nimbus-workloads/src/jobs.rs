@@ -31,8 +31,18 @@ fn record_key(id: &str) -> Result<ItemKey> {
     ItemKey::new(JOBS, id)
 }
 
+/// The key of item `sort` in a job's own partition (`job#<id>`): its progress counter, its
+/// recorded parts, whatever its kind keeps per job.
+pub fn job_item(id: &str, sort: &str) -> Result<ItemKey> {
+    ItemKey::new(job_partition(id), sort)
+}
+
+fn job_partition(id: &str) -> String {
+    format!("job#{id}")
+}
+
 fn progress_key(id: &str) -> Result<ItemKey> {
-    ItemKey::new(format!("job#{id}"), "progress")
+    job_item(id, "progress")
 }
 
 fn decode(id: &str, bytes: &[u8]) -> Result<Job> {
@@ -189,6 +199,72 @@ impl JobStore {
             )
             .await?;
         Ok(())
+    }
+
+    /// Fan-in: records part `index` of a job's `group` (put-if-absent, so a redelivered part is
+    /// counted once and keeps its first value) and returns every part of that group recorded so
+    /// far, in index order. Whoever sees them all ends the job with [`JobStore::succeed`], which
+    /// any number of callers may race to: only one wins.
+    pub async fn record_part(
+        &self,
+        id: &str,
+        group: &str,
+        index: u64,
+        value: Bytes,
+    ) -> Result<Vec<Bytes>> {
+        let prefix = format!("{group}/");
+        let key = job_item(id, &format!("{prefix}{index:06}"))?;
+        self.engine
+            .ledger
+            .put(&key, value, Condition::Absent)
+            .await?;
+        Ok(self
+            .engine
+            .ledger
+            .list(&job_partition(id))
+            .await?
+            .into_iter()
+            .filter(|(sort, _)| sort.starts_with(&prefix))
+            .map(|(_, item)| item.value)
+            .collect())
+    }
+
+    /// Ends a job as succeeded with `result` (unless it already ended) and tells its watchers.
+    /// Returns the job when this call ended it, `None` when it had ended already.
+    pub async fn succeed(&self, id: &str, result: serde_json::Value) -> Result<Option<Job>> {
+        let (job, changed) = self
+            .update(id, |job| {
+                if job.state.is_terminal() {
+                    return false;
+                }
+                job.state = JobState::Succeeded;
+                job.progress.done = job.progress.total;
+                job.result = Some(result.clone());
+                true
+            })
+            .await?;
+        if !changed {
+            return Ok(None);
+        }
+        self.publish(&JobEvent::Result {
+            job_id: id.to_string(),
+            result,
+        })
+        .await?;
+        Ok(Some(job))
+    }
+
+    /// Moves a queued job to running (a no-op for any other state).
+    pub async fn start(&self, id: &str) -> Result<()> {
+        self.update(id, |job| {
+            let start = job.state == JobState::Queued;
+            if start {
+                job.state = JobState::Running;
+            }
+            start
+        })
+        .await
+        .map(drop)
     }
 
     /// Ends a job as failed (unless it already ended) and tells its watchers.

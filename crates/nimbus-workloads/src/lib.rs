@@ -4,5 +4,6 @@
 pub mod atoms;
 pub mod classify;
 pub mod jobs;
+pub mod kinds;
 pub mod sessions;
 pub mod tasks;

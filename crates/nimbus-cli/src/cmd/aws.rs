@@ -11,15 +11,6 @@ use nimbus_workloads::jobs::EVENTS_TOPIC;
 use crate::args::{AwsCmd, EngineArgs};
 use crate::engine_url::{self, EngineUrl};
 
-/// The queues the platform's workers read, each with a dead-letter queue.
-const WORK_QUEUES: [&str; 5] = [
-    nimbus_workloads::atoms::GENERATE,
-    nimbus_workloads::atoms::SOLVE,
-    nimbus_workloads::classify::REQUESTS,
-    nimbus_workloads::tasks::TASKS_QUEUE,
-    nimbus_workloads::tasks::RESULTS_QUEUE,
-];
-
 /// The suffix of a work queue's dead-letter queue.
 const DEAD_SUFFIX: &str = "-dead";
 
@@ -64,7 +55,7 @@ pub async fn run(args: &EngineArgs, cmd: AwsCmd) -> anyhow::Result<()> {
                     Outcome::Created
                 },
             );
-            for name in WORK_QUEUES {
+            for name in nimbus_workloads::kinds::all_queues() {
                 let (dead, queue) = create_work_queue(&engine, name, max_receives).await?;
                 report("queue", dead.0.as_str(), dead.1);
                 report("queue", queue.0.as_str(), queue.1);

@@ -9,8 +9,9 @@ use nimbus_core::{Engine, LaunchSpec, QueueName};
 use nimbus_scale::AutoscalerConfig;
 use nimbus_web::{AppState, WebConfig};
 use nimbus_worker::{Worker, WorkerConfig};
-use nimbus_workloads::atoms::{self, Limits};
-use nimbus_workloads::tasks::{ExecPolicy, TASKS_QUEUE};
+use nimbus_workloads::atoms::Limits;
+use nimbus_workloads::kinds::{self, Tier};
+use nimbus_workloads::tasks::ExecPolicy;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{EngineArgs, ModelArgs, UpArgs, WebArgs};
@@ -165,7 +166,7 @@ fn atoms_worker(engine: &Engine, args: &UpArgs) -> anyhow::Result<Worker> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let config = WorkerConfig {
         worker_id: format!("up-{}", default_worker_id()),
-        queues: [atoms::GENERATE, atoms::SOLVE]
+        queues: kinds::queues_of(Tier::Platform)
             .into_iter()
             .map(QueueName::new)
             .collect::<Result<_, _>>()?,
@@ -187,12 +188,17 @@ async fn app_tier(
     model: Result<Vec<String>, String>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
-    let mut queues = vec![TASKS_QUEUE.to_string()];
     let mut extra_args = vec!["--exit-with-parent".to_string()];
+    let classify = model.is_ok();
     if let Ok(model_args) = model {
-        queues.insert(0, nimbus_workloads::classify::REQUESTS.to_string());
         extra_args.extend(model_args);
     }
+    // Every app-tier kind's queues; image recognition's only with a model to run.
+    let queues: Vec<String> = kinds::queues_of(Tier::App)
+        .into_iter()
+        .filter(|q| classify || !kinds::CLASSIFY.queues.contains(q))
+        .map(str::to_string)
+        .collect();
     let names = queues
         .iter()
         .map(|q| QueueName::new(q.as_str()))

@@ -3,9 +3,9 @@
 use anyhow::Context;
 use nimbus_core::QueueName;
 use nimbus_worker::{Handlers, Worker, WorkerConfig};
-use nimbus_workloads::atoms;
 use nimbus_workloads::jobs::JobStore;
-use nimbus_workloads::tasks::{ExecPolicy, TaskHandler, KIND};
+use nimbus_workloads::kinds::{self, WorkerOptions};
+use nimbus_workloads::tasks::ExecPolicy;
 
 use crate::args::{EngineArgs, ModelArgs, WorkerArgs};
 use crate::engine_url;
@@ -86,48 +86,46 @@ fn stop_with_parent(shutdown: tokio_util::sync::CancellationToken) {
     });
 }
 
-/// Every job kind a worker can run: tasks, the atoms pipeline and, when `classify` and this build
-/// has it, image classification (the model is loaded once, here).
+/// Every job kind's handlers (`kinds::handlers`); with `classify` (and a build that has it),
+/// image classification too, its model loaded once, here.
 pub fn all_handlers(
     engine: &nimbus_core::Engine,
-    policy: ExecPolicy,
+    exec: ExecPolicy,
     model: &ModelArgs,
     classify: bool,
 ) -> anyhow::Result<Handlers> {
     let store = JobStore::new(engine.clone());
-    let handlers = Handlers::default()
-        .with(KIND, TaskHandler::new(policy))
-        .with(atoms::GENERATE, atoms::GenerateHandler::new(store.clone()))
-        .with(atoms::SOLVE, atoms::SolveHandler::new(store.clone()));
-    if !classify {
-        return Ok(handlers);
+    let options = WorkerOptions {
+        exec,
+        #[cfg(feature = "classify")]
+        classifier: if classify {
+            Some(load_classifier(model)?)
+        } else {
+            None
+        },
+    };
+    #[cfg(not(feature = "classify"))]
+    if classify {
+        let _ = model;
+        anyhow::bail!(
+            "this nimbus was built without image classification (cargo feature `classify`)"
+        );
     }
-    with_classifier(handlers, store, model)
+    Ok(kinds::handlers(&store, &options))
 }
 
 #[cfg(feature = "classify")]
-fn with_classifier(
-    handlers: Handlers,
-    store: JobStore,
+fn load_classifier(
     model: &ModelArgs,
-) -> anyhow::Result<Handlers> {
-    use nimbus_workloads::classify::{model::Classifier, ClassifyHandler, KIND};
+) -> anyhow::Result<std::sync::Arc<nimbus_workloads::classify::model::Classifier>> {
     let started = std::time::Instant::now();
     let (model, labels) = model
         .resolve()
         .map_err(|e| anyhow::anyhow!("{e} (pass --model and --labels)"))?;
-    let classifier = Classifier::load(&model, &labels)
+    let classifier = nimbus_workloads::classify::model::Classifier::load(&model, &labels)
         .map_err(|e| anyhow::anyhow!("{e} (pass --model and --labels)"))?;
     tracing::info!(model = %model.display(), took = ?started.elapsed(), "image model loaded");
-    Ok(handlers.with(
-        KIND,
-        ClassifyHandler::new(store, std::sync::Arc::new(classifier)),
-    ))
-}
-
-#[cfg(not(feature = "classify"))]
-fn with_classifier(_: Handlers, _: JobStore, _: &ModelArgs) -> anyhow::Result<Handlers> {
-    anyhow::bail!("this nimbus was built without image classification (cargo feature `classify`)")
+    Ok(std::sync::Arc::new(classifier))
 }
 
 pub fn default_worker_id() -> String {

@@ -15,7 +15,7 @@ mod simd;
 
 pub use heatmap::render as render_heatmap;
 pub use kernel::{Atoms, Minimum};
-pub use pipeline::{GenerateHandler, SolveHandler, GENERATE, SOLVE};
+pub use pipeline::{start_job, AtomsResult, GenerateHandler, SolveHandler, GENERATE, SOLVE};
 
 use serde::{Deserialize, Serialize};
 

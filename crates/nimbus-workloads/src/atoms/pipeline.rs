@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_core::task::{ATTR_KIND, ATTR_TASK_ID};
 use nimbus_core::{
-    Condition, Error, ItemKey, JobEvent, JobState, OutgoingMessage, QueueName, Result,
+    Condition, Error, Job, JobEvent, OutgoingMessage, QueueName, Result,
 };
 use nimbus_worker::{Handler, Outcome, TaskContext};
 use object_store::path::Path as BlobPath;
@@ -48,8 +48,45 @@ fn blob(job_id: &str, name: &str) -> BlobPath {
     BlobPath::from(format!("jobs/{job_id}/{name}"))
 }
 
-fn job_key(job_id: &str, sort: &str) -> Result<ItemKey> {
-    ItemKey::new(format!("job#{job_id}"), sort)
+use crate::jobs::job_item as job_key;
+
+/// An atoms job's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AtomsResult {
+    /// The smallest potential on the grid.
+    pub minimum: f64,
+    /// Where it is (x, y, z).
+    pub point: [u32; 3],
+    /// The grid's edge.
+    pub grid_size: u32,
+    /// How many atoms.
+    pub atom_count: usize,
+    /// Which kernel computed it (`avx512`, `avx2`, `portable`, `cuda ...`).
+    pub backend: String,
+    /// From the job's creation to its end.
+    pub elapsed_ms: i64,
+    /// The heat map of the plane of the minimum.
+    pub picture: String,
+}
+
+/// Starts a created atoms job: the seed's JSON object (without atoms yet) in blobs, and the
+/// generator's message.
+pub async fn start_job(store: &JobStore, job_id: &str, n: u32, count: u32) -> Result<()> {
+    let seed = json!({ "Grid size": n, "Atom count": count, "Atom values": null, "Result": null });
+    write_seed_object(store, job_id, &seed).await?;
+    let body = serde_json::to_vec(&GenerateMessage {
+        job_id: job_id.to_string(),
+    })
+    .map_err(|e| Error::internal("cannot encode").with_source(e))?;
+    let message = OutgoingMessage::new(body)
+        .attribute(ATTR_KIND, GENERATE)
+        .attribute(ATTR_TASK_ID, format!("{job_id}/generate"));
+    store
+        .engine()
+        .queue
+        .send(&QueueName::new(GENERATE)?, message)
+        .await
+        .map(drop)
 }
 
 fn blob_error(e: object_store::Error) -> Error {
@@ -163,15 +200,7 @@ impl GenerateHandler {
                 Condition::Always,
             )
             .await?;
-        self.store
-            .update(job_id, |j| {
-                let start = j.state == JobState::Queued;
-                if start {
-                    j.state = JobState::Running;
-                }
-                start
-            })
-            .await?;
+        self.store.start(job_id).await?;
         let messages = parts
             .iter()
             .map(|&(z0, z1)| {
@@ -348,21 +377,17 @@ impl SolveHandler {
             point: minimum.point,
         })
         .unwrap_or_default();
-        self.store
-            .engine()
-            .ledger
-            .put(
-                &job_key(&msg.job_id, &format!("slab/{:05}", msg.z0))?,
-                partial.into(),
-                Condition::Always,
-            )
+        let partials = self
+            .store
+            .record_part(&msg.job_id, "slab", u64::from(msg.z0), partial.into())
             .await?;
-        self.reduce_if_complete(&msg.job_id, n).await
+        self.reduce_if_complete(&job, n, &partials).await
     }
 
     /// When every slab is recorded: the global minimum, the picture, the result. Any number of
     /// solvers may get here for one job; only the one whose write ends the job publishes.
-    async fn reduce_if_complete(&self, job_id: &str, n: u32) -> Result<()> {
+    async fn reduce_if_complete(&self, job: &Job, n: u32, partials: &[Bytes]) -> Result<()> {
+        let job_id = job.id.as_str();
         let ledger = &self.store.engine().ledger;
         let expected: usize = match ledger.get(&job_key(job_id, "slabs")?).await? {
             Some(item) => String::from_utf8_lossy(&item.value)
@@ -370,23 +395,17 @@ impl SolveHandler {
                 .unwrap_or(usize::MAX),
             None => return Ok(()),
         };
-        let partials: Vec<Partial> = ledger
-            .list(&format!("job#{job_id}"))
-            .await?
-            .into_iter()
-            .filter(|(sort, _)| sort.starts_with("slab/"))
-            .map(|(sort, item)| {
-                serde_json::from_slice(&item.value).map_err(|e| {
-                    Error::internal(format!(
-                        "partial minimum {sort} is unreadable (not finite?)"
-                    ))
-                    .with_source(e)
-                })
-            })
-            .collect::<Result<_>>()?;
         if partials.len() < expected {
             return Ok(());
         }
+        let partials: Vec<Partial> = partials
+            .iter()
+            .map(|bytes| {
+                serde_json::from_slice(bytes).map_err(|e| {
+                    Error::internal("a partial minimum is unreadable (not finite?)").with_source(e)
+                })
+            })
+            .collect::<Result<_>>()?;
         let best = partials
             .iter()
             .map(|p| Minimum {
@@ -411,35 +430,19 @@ impl SolveHandler {
             .put(&blob(job_id, "plane.png"), Bytes::from(png).into())
             .await
             .map_err(blob_error)?;
-        let (job, changed) = self
-            .store
-            .update(job_id, |j| {
-                if j.state.is_terminal() {
-                    return false;
-                }
-                j.state = JobState::Succeeded;
-                j.progress.done = j.progress.total;
-                j.result = Some(json!({
-                    "minimum": best.value,
-                    "point": best.point,
-                    "grid_size": n,
-                    "atom_count": atoms.len(),
-                    "backend": super::backend_name(),
-                    "elapsed_ms": now_ms() - j.created_ms,
-                    "picture": format!("/api/v1/jobs/{job_id}/plane.png"),
-                }));
-                true
-            })
-            .await?;
-        if changed {
-            let result = job.result.clone().unwrap_or_default();
-            // Tell the watchers first: the job has ended, whatever happens to the blob write.
-            self.store
-                .publish(&JobEvent::Result {
-                    job_id: job_id.to_string(),
-                    result: result.clone(),
-                })
-                .await?;
+        let result = AtomsResult {
+            minimum: best.value,
+            point: best.point,
+            grid_size: n,
+            atom_count: atoms.len(),
+            backend: super::backend_name(),
+            elapsed_ms: now_ms() - job.created_ms,
+            picture: format!("/api/v1/jobs/{job_id}/plane.png"),
+        };
+        let result = serde_json::to_value(&result)
+            .map_err(|e| Error::internal("cannot encode").with_source(e))?;
+        // The watchers hear of the end first, whatever happens to the blob write.
+        if self.store.succeed(job_id, result.clone()).await?.is_some() {
             write_seed_object(&self.store, job_id, &seed_object(n, &atoms, Some(&result))).await?;
             tracing::info!(job_id, minimum = best.value, point = ?best.point, "atoms job done");
         }

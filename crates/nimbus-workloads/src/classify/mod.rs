@@ -12,9 +12,7 @@ pub mod model;
 
 use bytes::Bytes;
 use nimbus_core::task::{ATTR_KIND, ATTR_TASK_ID};
-use nimbus_core::{
-    Condition, Error, ItemKey, Job, JobEvent, JobState, OutgoingMessage, QueueName, Result,
-};
+use nimbus_core::{Error, Job, JobEvent, OutgoingMessage, QueueName, Result};
 use object_store::path::Path as BlobPath;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -117,28 +115,16 @@ pub async fn record(store: &JobStore, job_id: &str, result: ImageResult) -> Resu
         .put(&BlobPath::from(output), Bytes::from(bytes).into())
         .await
         .map_err(blob_error)?;
-    // One ledger item per image: a redelivered image is counted once, and the count is read
-    // back from the items, so a retry after a crash between these steps still completes the job.
-    let partition = format!("job#{job_id}");
-    engine
-        .ledger
-        .put(
-            &ItemKey::new(&partition, format!("image/{:06}", result.index))?,
-            Bytes::new(),
-            Condition::Absent,
-        )
-        .await?;
-    let done = engine
-        .ledger
-        .list(&partition)
+    // One part per image: a redelivered image is counted once, and the count is read back from
+    // the parts, so a retry after a crash between these steps still completes the job.
+    let done = store
+        .record_part(job_id, "image", result.index as u64, Bytes::new())
         .await?
-        .iter()
-        .filter(|(sort, _)| sort.starts_with("image/"))
-        .count() as u64;
+        .len() as u64;
     let total = store.get(job_id).await?.progress.total;
     let current = engine
         .ledger
-        .get(&ItemKey::new(&partition, "progress")?)
+        .get(&crate::jobs::job_item(job_id, "progress")?)
         .await?
         .map_or(0, |i| i.counter.max(0) as u64);
     if done > current {
@@ -179,27 +165,16 @@ async fn finish(store: &JobStore, job_id: &str, total: u64) -> Result<()> {
             .map_err(|e| Error::internal("corrupt output").with_source(e))?;
         results.push(r);
     }
-    let result = json!({ "images": results });
-    let (_, changed) = store
-        .update(job_id, |j| {
-            if j.state.is_terminal() {
-                return false;
-            }
-            j.state = JobState::Succeeded;
-            j.progress.done = j.progress.total;
-            j.result = Some(result.clone());
-            true
-        })
-        .await?;
-    if changed {
-        store
-            .publish(&JobEvent::Result {
-                job_id: job_id.to_string(),
-                result,
-            })
-            .await?;
-    }
-    Ok(())
+    let result = serde_json::to_value(ClassifyResult { images: results })
+        .map_err(|e| Error::internal("cannot encode").with_source(e))?;
+    store.succeed(job_id, result).await.map(drop)
+}
+
+/// A classify job's result: every image's outcome, in request order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassifyResult {
+    /// One per image.
+    pub images: Vec<ImageResult>,
 }
 
 /// The worker side: runs the model on each request.

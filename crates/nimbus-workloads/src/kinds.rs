@@ -1,0 +1,180 @@
+//! Every job kind in one table: its name, the queues its work goes through, the handler kinds
+//! that serve them and where it runs; and [`handlers`], which registers every kind's handlers on
+//! a worker. The web tier, `nimbus up`, `nimbus aws up` and `nimbus worker` read it, so adding a
+//! kind touches this file and the kind's own module.
+
+use nimbus_worker::Handlers;
+
+use crate::jobs::JobStore;
+use crate::{atoms, classify, tasks};
+
+/// Where a kind's work runs under `nimbus up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// In `nimbus up`'s own process (short, CPU-bound steps with a live progress bar).
+    Platform,
+    /// In `nimbus worker` processes that the autoscaler starts and stops.
+    App,
+}
+
+/// How a kind's work is submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitter {
+    /// The web tier, at `POST /api/v1/jobs` with `{"kind": NAME, "params": ...}`.
+    JobsApi,
+    /// The web tier, at a route of its own (such as `POST /api/v1/classify`).
+    Route(&'static str),
+    /// `nimbus tasks submit` (a session of tasks, not a job record).
+    Sessions,
+}
+
+/// One job kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobKind {
+    /// Its name: a job record's `kind`, and what `POST /api/v1/jobs` takes.
+    pub name: &'static str,
+    /// The queues workers receive its work from.
+    pub queues: &'static [&'static str],
+    /// Queues it answers on (nobody works on them; clients read them).
+    pub replies: &'static [&'static str],
+    /// The handler kinds (the `kind` attribute of its messages) serving those queues.
+    pub handlers: &'static [&'static str],
+    /// Where it runs.
+    pub tier: Tier,
+    /// How its work is submitted.
+    pub submitted_by: Submitter,
+}
+
+/// Seed 000's atom-effect calculator.
+pub const ATOMS: JobKind = JobKind {
+    name: atoms::KIND,
+    queues: &[atoms::GENERATE, atoms::SOLVE],
+    replies: &[],
+    handlers: &[atoms::GENERATE, atoms::SOLVE],
+    tier: Tier::Platform,
+    submitted_by: Submitter::JobsApi,
+};
+
+/// Seeds 001 and 004's image recognition.
+pub const CLASSIFY: JobKind = JobKind {
+    name: classify::KIND,
+    queues: &[classify::REQUESTS],
+    replies: &[],
+    handlers: &[classify::KIND],
+    tier: Tier::App,
+    submitted_by: Submitter::Route("/api/v1/classify"),
+};
+
+/// Seed 002's CloudKon tasks.
+pub const TASKS: JobKind = JobKind {
+    name: tasks::KIND,
+    queues: &[tasks::TASKS_QUEUE],
+    replies: &[tasks::RESULTS_QUEUE],
+    handlers: &[tasks::KIND],
+    tier: Tier::App,
+    submitted_by: Submitter::Sessions,
+};
+
+/// Every kind.
+pub const ALL: [JobKind; 3] = [ATOMS, CLASSIFY, TASKS];
+
+/// The kind named `name`.
+pub fn by_name(name: &str) -> Option<&'static JobKind> {
+    ALL.iter().find(|k| k.name == name)
+}
+
+/// The names of the kinds `POST /api/v1/jobs` creates, for messages (`atoms, video`).
+pub fn jobs_api_kinds() -> String {
+    let names: Vec<&str> = ALL
+        .iter()
+        .filter(|k| k.submitted_by == Submitter::JobsApi)
+        .map(|k| k.name)
+        .collect();
+    names.join(", ")
+}
+
+/// The queues the web tier sends jobs to.
+pub fn web_queues() -> Vec<&'static str> {
+    ALL.iter()
+        .filter(|k| k.submitted_by != Submitter::Sessions)
+        .flat_map(|k| k.queues.iter().copied())
+        .collect()
+}
+
+/// The queues workers of `tier` receive from.
+pub fn queues_of(tier: Tier) -> Vec<&'static str> {
+    ALL.iter()
+        .filter(|k| k.tier == tier)
+        .flat_map(|k| k.queues.iter().copied())
+        .collect()
+}
+
+/// Every queue of every kind, worked on or answered on (what a deployment provisions).
+pub fn all_queues() -> Vec<&'static str> {
+    ALL.iter()
+        .flat_map(|k| k.queues.iter().chain(k.replies).copied())
+        .collect()
+}
+
+/// What a worker's handlers need beyond the job store.
+#[derive(Clone, Default)]
+pub struct WorkerOptions {
+    /// Which shell commands tasks may run.
+    pub exec: tasks::ExecPolicy,
+    /// The image model, loaded once; without one, no classify handler is registered.
+    #[cfg(feature = "classify")]
+    pub classifier: Option<std::sync::Arc<classify::model::Classifier>>,
+}
+
+impl std::fmt::Debug for WorkerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerOptions")
+            .field("exec", &self.exec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every kind's handlers, over `store`.
+pub fn handlers(store: &JobStore, options: &WorkerOptions) -> Handlers {
+    let handlers = Handlers::default()
+        .with(tasks::KIND, tasks::TaskHandler::new(options.exec.clone()))
+        .with(atoms::GENERATE, atoms::GenerateHandler::new(store.clone()))
+        .with(atoms::SOLVE, atoms::SolveHandler::new(store.clone()));
+    #[cfg(feature = "classify")]
+    if let Some(model) = &options.classifier {
+        return handlers.with(
+            classify::KIND,
+            classify::ClassifyHandler::new(store.clone(), model.clone()),
+        );
+    }
+    handlers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_names_each_queue_once_and_its_handlers_are_registered() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = nimbus_sqlite::SqliteEngine::open(dir.path().join("db"), Default::default())
+            .unwrap()
+            .into_engine(dir.path().join("blobs"))
+            .unwrap();
+        let store = JobStore::new(engine);
+        let registered = handlers(&store, &WorkerOptions::default());
+        for kind in ALL.iter().filter(|k| k.name != classify::KIND) {
+            for h in kind.handlers {
+                assert!(registered.kinds().contains(h), "{h} of {} is registered", kind.name);
+            }
+        }
+        let all = all_queues();
+        let mut unique = all.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), all.len(), "a queue belongs to one kind");
+        assert!(by_name("atoms").is_some_and(|k| k.tier == Tier::Platform));
+        assert!(by_name("nope").is_none());
+        assert_eq!(jobs_api_kinds(), "atoms");
+    }
+}
