@@ -54,6 +54,9 @@ pub enum Command {
     /// The CloudKon task framework (seed 002): generate, submit, run locally, check.
     #[command(subcommand)]
     Tasks(TasksCmd),
+    /// Seed 002's Animoto job: write a workload of video tasks (images to MP4s).
+    #[command(subcommand)]
+    Video(VideoCmd),
     /// Benchmarks; figures go to docs/benchmarks.md.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -319,6 +322,8 @@ pub struct UpArgs {
     /// Tasks each app-tier worker process runs at once.
     #[arg(long, default_value_t = 4)]
     pub worker_concurrency: usize,
+    #[command(flatten)]
+    pub video: VideoArgs,
 }
 
 /// How the app tier scales (`nimbus up`, `nimbus autoscale`).
@@ -384,7 +389,8 @@ pub struct AutoscaleArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// A queue to receive from (repeatable): tasks, atoms-generate, atoms-solve, classify-requests.
+    /// A queue to receive from (repeatable): tasks, atoms-generate, atoms-solve, classify-requests,
+    /// video.
     #[arg(long = "queue", default_value = nimbus_workloads::tasks::TASKS_QUEUE)]
     pub queues: Vec<String>,
     /// Tasks run at once.
@@ -417,6 +423,65 @@ pub struct WorkerArgs {
     pub exit_with_parent: bool,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub video: VideoArgs,
+}
+
+/// How workers make videos (`nimbus worker`, and the workers `nimbus up` starts).
+#[derive(Debug, Clone, Args)]
+pub struct VideoArgs {
+    /// A host video jobs may fetch images from: HOST, HOST:PORT, [IPv6]:PORT, or * for any
+    /// public host (repeatable). Loopback, private and link-local addresses are fetched only
+    /// when named here by address (e.g. 127.0.0.1:8000). Default: none.
+    #[arg(long = "allow-fetch", value_name = "HOST[:PORT]")]
+    pub allow_fetch: Vec<String>,
+    /// The ffmpeg executable (default: `ffmpeg` on PATH).
+    #[arg(long, value_name = "PATH", default_value = "ffmpeg")]
+    pub ffmpeg: PathBuf,
+    /// The largest image fetched, in bytes.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub fetch_max_bytes: u64,
+    /// The longest one image fetch may take (redirects included).
+    #[arg(long, value_parser = duration, default_value = "20s")]
+    pub fetch_timeout: Duration,
+    /// The longest ffmpeg may run for one video.
+    #[arg(long, value_parser = duration, default_value = "10m")]
+    pub encode_timeout: Duration,
+}
+
+/// `nimbus video ...`.
+#[derive(Debug, Subcommand)]
+pub enum VideoCmd {
+    /// Write a workload of COUNT video tasks (seed 002's Animoto generator), one `video {JSON}`
+    /// line each, for `nimbus tasks submit`: images from a directory (stored in blobs first, so
+    /// workers anywhere read them) or a file of URLs (one a line).
+    Gen {
+        count: usize,
+        /// A directory of images (PNG, JPEG, GIF, BMP, WebP), uploaded to blobs.
+        #[arg(long, conflicts_with = "urls", required_unless_present = "urls")]
+        images: Option<PathBuf>,
+        /// A file of image URLs, one a line (`#` comments); workers need --allow-fetch.
+        #[arg(long)]
+        urls: Option<PathBuf>,
+        /// Images per video (default: all of them); taken in turn from the list.
+        #[arg(long)]
+        per_video: Option<usize>,
+        /// Seconds each image shows.
+        #[arg(long, default_value_t = 1.0)]
+        frame_seconds: f64,
+        /// Frame width.
+        #[arg(long, default_value_t = 640)]
+        width: u32,
+        /// Frame height.
+        #[arg(long, default_value_t = 480)]
+        height: u32,
+        /// Seconds of cross-fade between images (0: cuts).
+        #[arg(long, default_value_t = 0.0)]
+        crossfade_seconds: f64,
+        /// The file to write.
+        #[arg(long, short, default_value = "video-workload.txt")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

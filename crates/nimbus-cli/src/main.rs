@@ -46,6 +46,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Web(a) => cmd::up::web(&cli.engine, a).await,
         Command::Worker(a) => cmd::worker::run(&cli.engine, a).await,
         Command::Tasks(c) => cmd::tasks::run(&cli.engine, c).await,
+        Command::Video(c) => cmd::video::run(&cli.engine, c).await,
         Command::Bench(c) => cmd::bench::run(&cli.engine, c).await,
         Command::Autoscale(a) => cmd::autoscale::run(&cli.engine, a).await,
         Command::Scale(c) => cmd::scale::run(c),

@@ -251,7 +251,10 @@ pub enum RunError {
         source: std::io::Error,
     },
     /// It ran past its time limit and was killed with its group.
-    #[error("`{program}` ran past its time limit of {limit:?} and was stopped{}", quote(stderr))]
+    #[error(
+        "`{program}` ran past its time limit of {limit:?} and was stopped{}",
+        quote(stderr)
+    )]
     TimedOut {
         /// The program.
         program: String,
@@ -499,7 +502,10 @@ mod tests {
         assert_eq!(out.stdout_bytes, 8);
         assert_eq!(out.stderr, "89abcdef");
         let failed = out.success("sh").unwrap_err().to_string();
-        assert!(failed.contains("exit status: 4") && failed.contains("89abcdef"), "{failed}");
+        assert!(
+            failed.contains("exit status: 4") && failed.contains("89abcdef"),
+            "{failed}"
+        );
         let missing = run(
             tokio::process::Command::new("/nonexistent/ffmpeg"),
             &limits,
@@ -561,5 +567,4 @@ mod tests {
             }
         }
     }
-
 }

@@ -36,13 +36,27 @@ fn json_error(rejection: JsonRejection) -> ApiError {
     ApiError::bad_request(message)
 }
 
+/// `POST /api/v1/jobs`: a job as JSON (`{"kind": ..., "params": ...}`), or a video job as a
+/// multipart upload of its images.
 pub async fn create_job(
     State(state): State<AppState>,
-    body: Result<Json<CreateJob>, JsonRejection>,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let Json(request) = body.map_err(json_error)?;
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    if is_multipart {
+        return crate::video::create_from_upload(&state, request).await;
+    }
+    let Json(request) =
+        <Json<CreateJob> as axum::extract::FromRequest<AppState>>::from_request(request, &state)
+            .await
+            .map_err(json_error)?;
     match request.kind.as_str() {
         atoms::KIND => create_atoms_job(&state, request.params).await,
+        nimbus_workloads::video::KIND => crate::video::create(&state, request.params).await,
         other => Err(ApiError::bad_request(format!(
             "unknown job kind `{other}`; known kinds: {}",
             nimbus_workloads::kinds::jobs_api_kinds()
@@ -119,7 +133,8 @@ async fn uploaded_count(state: &AppState, key: &str, n: u32) -> Result<u32, ApiE
     u32::try_from(atoms.len()).map_err(|_| ApiError::bad_request("too many atoms"))
 }
 
-fn blob_error(e: object_store::Error) -> ApiError {
+/// A blob store failure as a 503 (its details only in the log).
+pub(crate) fn blob_error(e: object_store::Error) -> ApiError {
     ApiError::from(nimbus_core::Error::new(
         nimbus_core::ErrorKind::Unavailable,
         format!("blob store: {e}"),

@@ -91,15 +91,36 @@ async fn read_multipart(
     state: &AppState,
     request: Request,
 ) -> Result<Vec<(String, Bytes)>, ApiError> {
-    let mut form = Multipart::from_request(request, state)
+    Ok(read_form(state, request, MAX_IMAGES).await?.files)
+}
+
+/// A multipart form: its files (name, bytes) in order, and its `params` text field.
+pub struct Form {
+    /// Every part but `params`, by file name (or field name).
+    pub files: Vec<(String, Bytes)>,
+    /// The `params` field, when there is one.
+    pub params: Option<String>,
+}
+
+/// Reads a multipart form of at most `max_files` files within the upload limit.
+pub async fn read_form(
+    state: &AppState,
+    request: Request,
+    max_files: usize,
+) -> Result<Form, ApiError> {
+    let mut multipart = Multipart::from_request(request, state)
         .await
         .map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let mut images = Vec::new();
-    while let Some(field) = form
+    let mut form = Form {
+        files: Vec::new(),
+        params: None,
+    };
+    while let Some(field) = multipart
         .next_field()
         .await
         .map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))?
     {
+        let is_params = field.file_name().is_none() && field.name() == Some("params");
         let name = short_name(field.file_name().or(field.name()).unwrap_or("image"));
         let bytes = field.bytes().await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -111,14 +132,33 @@ async fn read_multipart(
                 ApiError::bad_request(format!("image `{name}`: {e}"))
             }
         })?;
-        images.push((name, bytes));
-        if images.len() > MAX_IMAGES {
+        if is_params {
+            let text = String::from_utf8(bytes.to_vec())
+                .map_err(|_| ApiError::bad_request("the `params` field is not UTF-8 text"))?;
+            form.params = Some(text);
+            continue;
+        }
+        form.files.push((name, bytes));
+        if form.files.len() > max_files {
             return Err(ApiError::bad_request(format!(
-                "more than {MAX_IMAGES} images in one request"
+                "more than {max_files} images in one request"
             )));
         }
     }
-    Ok(images)
+    Ok(form)
+}
+
+/// Checks an image as received: within the size limit, and its header (format, dimensions:
+/// a decompression bomb is refused here).
+pub fn check_image(state: &AppState, name: &str, bytes: &[u8]) -> Result<(), ApiError> {
+    if bytes.len() > state.config.max_image_bytes {
+        return Err(ApiError::too_large(format!(
+            "image `{name}` is {} bytes, over the limit of {} bytes",
+            bytes.len(),
+            state.config.max_image_bytes
+        )));
+    }
+    check_header(bytes).map(drop).map_err(|e| refusal(name, &e))
 }
 
 async fn run(
@@ -137,14 +177,7 @@ async fn run(
         ));
     }
     for (name, bytes) in &images {
-        if bytes.len() > state.config.max_image_bytes {
-            return Err(ApiError::too_large(format!(
-                "image `{name}` is {} bytes, over the limit of {} bytes",
-                bytes.len(),
-                state.config.max_image_bytes
-            )));
-        }
-        check_header(bytes).map_err(|e| refusal(name, &e))?;
+        check_image(state, name, bytes)?;
     }
     let job = classify::submit(&state.store, images).await?;
     let mut rx = state.hub.subscribe(&job.id);

@@ -10,6 +10,7 @@ mod fleet;
 mod metrics;
 pub mod openapi;
 mod pages;
+mod video;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub struct WebConfig {
     pub classify_off: Option<String>,
     /// This replica's place in a cluster (`nimbus cluster up`, seed 003), answered on its path.
     pub instance: Option<Instance>,
+    /// Bounds on video jobs.
+    pub video_limits: nimbus_workloads::video::VideoLimits,
 }
 
 /// A replica of a cluster: `GET <path>` answers which instance responded, as seed 003's app did,
@@ -64,7 +67,7 @@ pub struct Instance {
 
 /// Whether the web tier already serves `path` (a cluster's path must be another).
 pub fn serves(path: &str) -> bool {
-    const PAGES: [&str; 7] = [
+    const PAGES: [&str; 8] = [
         "/",
         "/healthz",
         "/metrics",
@@ -72,6 +75,7 @@ pub fn serves(path: &str) -> bool {
         "/fleet",
         "/queues",
         "/jobs",
+        "/video",
     ];
     let trimmed = path.trim_end_matches('/');
     PAGES.contains(&if trimmed.is_empty() { "/" } else { trimmed })
@@ -94,6 +98,7 @@ impl Default for WebConfig {
             max_classify_wait: Duration::from_secs(120),
             classify_off: None,
             instance: None,
+            video_limits: nimbus_workloads::video::VideoLimits::default(),
         }
     }
 }
@@ -152,11 +157,18 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/openapi.json",
             get(|| async { Json(openapi::document()) }),
         )
-        .route("/api/v1/jobs", post(api::create_job).get(api::list_jobs))
+        .route(
+            "/api/v1/jobs",
+            post(api::create_job)
+                .layer(DefaultBodyLimit::max(image_upload_limit))
+                .get(api::list_jobs),
+        )
         .route("/api/v1/jobs/{id}", get(api::get_job))
         .route("/api/v1/jobs/{id}/cancel", post(api::cancel_job))
         .route("/api/v1/jobs/{id}/events", get(api::job_events))
         .route("/api/v1/jobs/{id}/plane.png", get(api::plane_png))
+        .route("/api/v1/jobs/{id}/video", get(video::video_file))
+        .route("/video", get(video::video_page))
         .route(
             "/api/v1/atoms",
             post(api::upload_atoms).layer(DefaultBodyLimit::max(upload_limit)),

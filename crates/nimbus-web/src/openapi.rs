@@ -24,9 +24,14 @@ pub fn document() -> Value {
         "paths": {
             "/api/v1/jobs": {
                 "post": {
-                    "summary": "Create a job",
-                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/CreateJob" } } } },
-                    "responses": { "201": job_response("The job, queued"), "400": error_response("Malformed JSON, unknown kind or parameters out of range"), "415": error_response("Not JSON") }
+                    "summary": "Create a job: atoms or video as JSON, or a video job as a multipart upload of its images (files) with an optional `params` field (VideoParams as JSON, without urls or keys)",
+                    "requestBody": { "required": true, "content": {
+                        "application/json": { "schema": { "$ref": "#/components/schemas/CreateJob" } },
+                        "multipart/form-data": { "schema": { "type": "object", "properties": {
+                            "params": { "type": "string", "description": "VideoParams as JSON (frame_seconds, width, height, crossfade_seconds, fps)" },
+                            "image": { "type": "array", "items": { "type": "string", "format": "binary" }, "description": "The images in order (any field name; PNG, JPEG, GIF, BMP, WebP)" } } } } } },
+                    "responses": { "201": job_response("The job, queued (Location header)"), "400": error_response("Malformed JSON or form, unknown kind, a parameter out of range or an unreadable image (named)"),
+                                   "413": error_response("An image or the upload over its limit (named)"), "415": error_response("Neither JSON nor multipart") }
                 },
                 "get": {
                     "summary": "List jobs, newest first",
@@ -50,6 +55,14 @@ pub fn document() -> Value {
             "/api/v1/jobs/{id}/plane.png": {
                 "get": { "summary": "Atoms jobs: heat map of the potential in the z-plane of the minimum", "parameters": id_parameter(),
                          "responses": { "200": { "description": "PNG", "content": { "image/png": {} } }, "404": error_response("No picture (yet)") } }
+            },
+            "/api/v1/jobs/{id}/video": {
+                "get": { "summary": "Video jobs: the MP4, whole or the byte range a `Range: bytes=...` header asks for (one range; several are answered whole)",
+                         "parameters": [id_parameter()[0].clone(), { "name": "Range", "in": "header", "schema": { "type": "string", "pattern": "^bytes=" } }],
+                         "responses": { "200": { "description": "The whole MP4", "content": { "video/mp4": {} }, "headers": { "Accept-Ranges": { "schema": { "type": "string" } } } },
+                                        "206": { "description": "The range asked for", "content": { "video/mp4": {} }, "headers": { "Content-Range": { "schema": { "type": "string" } } } },
+                                        "404": error_response("No such job, not a video job, or no video yet (its state is named)"),
+                                        "416": error_response("The range lies outside the video (Content-Range: bytes */SIZE)") } }
             },
             "/api/v1/classify": {
                 "post": {
@@ -112,8 +125,20 @@ pub fn document() -> Value {
         "components": { "schemas": {
             "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
             "CreateJob": { "type": "object", "required": ["kind", "params"], "properties": {
-                "kind": { "type": "string", "enum": ["atoms"], "description": "classify jobs are created by POST /api/v1/classify" },
-                "params": { "$ref": "#/components/schemas/AtomsParams" } } },
+                "kind": { "type": "string", "enum": ["atoms", "video"], "description": "classify jobs are created by POST /api/v1/classify" },
+                "params": { "oneOf": [{ "$ref": "#/components/schemas/AtomsParams" }, { "$ref": "#/components/schemas/VideoParams" }] } } },
+            "VideoParams": { "type": "object", "additionalProperties": false, "description": "Give urls or keys (not both); 1 to 500 images, at most 3600 s of video", "properties": {
+                "urls": { "type": "array", "maxItems": 500, "items": { "type": "string", "format": "uri", "maxLength": 2048 }, "description": "http(s) image URLs; the worker fetches only from hosts on its --allow-fetch list" },
+                "keys": { "type": "array", "maxItems": 500, "items": { "type": "string", "pattern": "^uploads/", "maxLength": 512 }, "description": "Blob keys of uploaded images" },
+                "frame_seconds": { "type": "number", "minimum": 0.04, "maximum": 60, "default": 1 },
+                "width": { "type": "integer", "minimum": 16, "maximum": 1920, "multipleOf": 2, "default": 640 },
+                "height": { "type": "integer", "minimum": 16, "maximum": 1080, "multipleOf": 2, "default": 480 },
+                "crossfade_seconds": { "type": "number", "minimum": 0, "default": 0, "description": "Less than frame_seconds" },
+                "fps": { "type": "integer", "minimum": 1, "maximum": 60, "default": 25, "description": "Output frame rate when cross-fading (without, one frame per image)" } } },
+            "VideoResult": { "type": "object", "description": "A video job's result", "properties": {
+                "video": { "type": "string" }, "key": { "type": "string" }, "bytes": { "type": "integer" }, "images": { "type": "integer" }, "frames": { "type": "integer" },
+                "seconds": { "type": "number" }, "width": { "type": "integer" }, "height": { "type": "integer" },
+                "fetch_ms": { "type": "integer" }, "normalize_ms": { "type": "integer" }, "encode_ms": { "type": "integer" } } },
             "AtomsParams": { "type": "object", "required": ["grid_size"], "additionalProperties": false, "properties": {
                 "grid_size": { "type": "integer", "minimum": 1 },
                 "atom_count": { "type": "integer", "minimum": 1, "description": "Atoms to generate (omit with atoms_key)" },

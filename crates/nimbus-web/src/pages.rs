@@ -53,7 +53,7 @@ pub fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'>\
          <title>{title} · nimbus</title><style>{STYLE}</style></head><body>\
-         <header><a href='/'>nimbus</a><span>elastic, queue-driven computing</span><nav><a href='/'>atoms</a><a href='/classify'>images</a><a href='/fleet'>fleet</a><a href='/queues'>queues</a></nav></header><main>{body}</main></body></html>"
+         <header><a href='/'>nimbus</a><span>elastic, queue-driven computing</span><nav><a href='/'>atoms</a><a href='/classify'>images</a><a href='/video'>video</a><a href='/fleet'>fleet</a><a href='/queues'>queues</a></nav></header><main>{body}</main></body></html>"
     ))
 }
 
@@ -148,6 +148,9 @@ pub async fn job_page(
     Path(id): Path<String>,
 ) -> Result<Html<String>, ApiError> {
     let job = state.store.get(&id).await?;
+    if job.kind == nimbus_workloads::video::KIND {
+        return Ok(crate::video::job_page(&job));
+    }
     let cancel = if job.state.is_terminal() {
         ""
     } else {

@@ -6,7 +6,7 @@
 use nimbus_worker::Handlers;
 
 use crate::jobs::JobStore;
-use crate::{atoms, classify, tasks};
+use crate::{atoms, classify, tasks, video};
 
 /// Where a kind's work runs under `nimbus up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,8 +75,18 @@ pub const TASKS: JobKind = JobKind {
     submitted_by: Submitter::Sessions,
 };
 
+/// Seed 002's Animoto job: images to a video.
+pub const VIDEO: JobKind = JobKind {
+    name: video::KIND,
+    queues: &[video::QUEUE],
+    replies: &[],
+    handlers: &[video::KIND],
+    tier: Tier::App,
+    submitted_by: Submitter::JobsApi,
+};
+
 /// Every kind.
-pub const ALL: [JobKind; 3] = [ATOMS, CLASSIFY, TASKS];
+pub const ALL: [JobKind; 4] = [ATOMS, CLASSIFY, TASKS, VIDEO];
 
 /// The kind named `name`.
 pub fn by_name(name: &str) -> Option<&'static JobKind> {
@@ -121,6 +131,8 @@ pub fn all_queues() -> Vec<&'static str> {
 pub struct WorkerOptions {
     /// Which shell commands tasks may run.
     pub exec: tasks::ExecPolicy,
+    /// How videos are made (ffmpeg, what may be fetched).
+    pub video: video::VideoOptions,
     /// The image model, loaded once; without one, no classify handler is registered.
     #[cfg(feature = "classify")]
     pub classifier: Option<std::sync::Arc<classify::model::Classifier>>,
@@ -130,24 +142,30 @@ impl std::fmt::Debug for WorkerOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerOptions")
             .field("exec", &self.exec)
+            .field("video", &self.video)
             .finish_non_exhaustive()
     }
 }
 
 /// Every kind's handlers, over `store`.
-pub fn handlers(store: &JobStore, options: &WorkerOptions) -> Handlers {
+pub fn handlers(store: &JobStore, options: &WorkerOptions) -> Result<Handlers, String> {
+    let videos = video::VideoRunner::new(store.engine().clone(), options.video.clone())?;
     let handlers = Handlers::default()
-        .with(tasks::KIND, tasks::TaskHandler::new(options.exec.clone()))
+        .with(
+            tasks::KIND,
+            tasks::TaskHandler::new(options.exec.clone()).with_videos(videos.clone()),
+        )
+        .with(video::KIND, video::VideoHandler::new(store.clone(), videos))
         .with(atoms::GENERATE, atoms::GenerateHandler::new(store.clone()))
         .with(atoms::SOLVE, atoms::SolveHandler::new(store.clone()));
     #[cfg(feature = "classify")]
     if let Some(model) = &options.classifier {
-        return handlers.with(
+        return Ok(handlers.with(
             classify::KIND,
             classify::ClassifyHandler::new(store.clone(), model.clone()),
-        );
+        ));
     }
-    handlers
+    Ok(handlers)
 }
 
 #[cfg(test)]
@@ -162,10 +180,14 @@ mod tests {
             .into_engine(dir.path().join("blobs"))
             .unwrap();
         let store = JobStore::new(engine);
-        let registered = handlers(&store, &WorkerOptions::default());
+        let registered = handlers(&store, &WorkerOptions::default()).unwrap();
         for kind in ALL.iter().filter(|k| k.name != classify::KIND) {
             for h in kind.handlers {
-                assert!(registered.kinds().contains(h), "{h} of {} is registered", kind.name);
+                assert!(
+                    registered.kinds().contains(h),
+                    "{h} of {} is registered",
+                    kind.name
+                );
             }
         }
         let all = all_queues();
@@ -175,6 +197,6 @@ mod tests {
         assert_eq!(unique.len(), all.len(), "a queue belongs to one kind");
         assert!(by_name("atoms").is_some_and(|k| k.tier == Tier::Platform));
         assert!(by_name("nope").is_none());
-        assert_eq!(jobs_api_kinds(), "atoms");
+        assert_eq!(jobs_api_kinds(), "atoms, video");
     }
 }

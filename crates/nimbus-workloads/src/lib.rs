@@ -1,5 +1,7 @@
 //! The job kinds nimbus runs on its worker runtime: `atoms` (seed 000's atom-effect calculator),
-//! `tasks` (seed 002's CloudKon tasks) and their `sessions`; and `jobs`, the job store.
+//! `classify` (seeds 001 and 004's image recognition), `tasks` (seed 002's CloudKon tasks) and
+//! their `sessions`, `video` (seed 002's Animoto job); `kinds`, the table of them all; and
+//! `jobs`, the job store.
 
 pub mod atoms;
 pub mod classify;
@@ -7,3 +9,4 @@ pub mod jobs;
 pub mod kinds;
 pub mod sessions;
 pub mod tasks;
+pub mod video;

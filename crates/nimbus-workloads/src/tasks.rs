@@ -5,8 +5,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nimbus_worker::{Handler, Outcome, TaskContext};
 use nimbus_scale::process::{self, RunError, RunLimits};
+use nimbus_worker::{Handler, Outcome, TaskContext};
 use regex_lite::Regex;
 use tokio_util::sync::CancellationToken;
 
@@ -22,10 +22,13 @@ pub const KIND: &str = "task";
 const STDERR_QUOTE: usize = 400;
 
 /// One line of a workload file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TaskSpec {
     /// `sleep MS` (exactly): sleep that many milliseconds (the seed's unit).
     Sleep(Duration),
+    /// `video {JSON}`: seed 002's Animoto task, a video made of images (`nimbus video gen`);
+    /// the JSON is a video job's parameters.
+    Video(Box<crate::video::VideoParams>),
     /// Any other line: a shell command, run with `sh -c` where allowed.
     Shell(String),
 }
@@ -37,6 +40,14 @@ impl std::str::FromStr for TaskSpec {
         let line = line.trim();
         if line.is_empty() {
             return Err("empty task".into());
+        }
+        if let Some(json) = line.strip_prefix("video ") {
+            let params: crate::video::VideoParams =
+                serde_json::from_str(json).map_err(|e| format!("video task: {e}"))?;
+            params
+                .validate(&crate::video::VideoLimits::default())
+                .map_err(|e| format!("video task: {e}"))?;
+            return Ok(Self::Video(Box::new(params)));
         }
         // `sleep MS` exactly; any longer line is a shell command (`sleep 1; echo done`).
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -123,6 +134,7 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<TaskOutput, String> {
     match spec {
+        TaskSpec::Video(_) => Err(VIDEO_ON_WORKERS.into()),
         // No timer for a no-op task: it would wait for the timer wheel's next tick.
         TaskSpec::Sleep(d) if d.is_zero() => Ok(TaskOutput::default()),
         TaskSpec::Sleep(d) => {
@@ -153,12 +165,17 @@ pub async fn run(
     }
 }
 
+/// Why a video task cannot run here.
+const VIDEO_ON_WORKERS: &str =
+    "video tasks run on workers (`nimbus worker`, which fetch and run ffmpeg), not here";
+
 /// Why a task given up by its worker failed.
 const CANCELLED: &str = "cancelled: the worker gave the task up";
 
 /// Runs a task on the calling thread (the local back end's thread pool).
 pub fn run_blocking(spec: &TaskSpec, policy: &ExecPolicy) -> Result<TaskOutput, String> {
     match spec {
+        TaskSpec::Video(_) => Err(VIDEO_ON_WORKERS.into()),
         TaskSpec::Sleep(d) => {
             if !d.is_zero() {
                 std::thread::sleep(*d);
@@ -210,12 +227,39 @@ pub fn run_pool(specs: &[TaskSpec], threads: usize, policy: &ExecPolicy) -> (Dur
 #[derive(Debug, Clone, Default)]
 pub struct TaskHandler {
     policy: ExecPolicy,
+    videos: Option<crate::video::VideoRunner>,
 }
 
 impl TaskHandler {
-    /// A handler that runs shell commands as `policy` allows.
+    /// A handler that runs shell commands as `policy` allows (and no video tasks).
     pub fn new(policy: ExecPolicy) -> Self {
-        Self { policy }
+        Self {
+            policy,
+            videos: None,
+        }
+    }
+
+    /// The same, making video tasks with `videos` (each stored at `tasks/<task id>/video.mp4`).
+    pub fn with_videos(mut self, videos: crate::video::VideoRunner) -> Self {
+        self.videos = Some(videos);
+        self
+    }
+
+    async fn video(&self, params: &crate::video::VideoParams, task: &TaskContext) -> Outcome {
+        let Some(videos) = &self.videos else {
+            return Outcome::Failed(VIDEO_ON_WORKERS.into());
+        };
+        let key = format!("tasks/{}/video.mp4", task.task_id);
+        match videos.make(params, &key, &task.cancel, &|_| {}).await {
+            Ok(made) => Outcome::Done {
+                output_bytes: made.bytes,
+            },
+            Err(crate::video::VideoError::Engine(e)) if e.is_retryable() => Outcome::RetryAfter {
+                delay: Duration::from_secs(1),
+                reason: e.to_string(),
+            },
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
     }
 }
 
@@ -229,6 +273,9 @@ impl Handler for TaskHandler {
             Ok(spec) => spec,
             Err(e) => return Outcome::Failed(e),
         };
+        if let TaskSpec::Video(params) = &spec {
+            return self.video(params, task).await;
+        }
         let env = [
             ("NIMBUS_TASK_ID", task.task_id.as_str()),
             ("NIMBUS_WORKER_ID", task.worker_id.as_str()),
@@ -317,9 +364,14 @@ mod tests {
             err.contains("exit status: 3") && err.contains("broken"),
             "{err}"
         );
-        let refused = run(&TaskSpec::Shell("true".into()), &ExecPolicy::default(), &[], &none())
-            .await
-            .unwrap_err();
+        let refused = run(
+            &TaskSpec::Shell("true".into()),
+            &ExecPolicy::default(),
+            &[],
+            &none(),
+        )
+        .await
+        .unwrap_err();
         assert!(refused.contains("refused"), "{refused}");
         assert_eq!(
             run_blocking(&TaskSpec::Shell("printf abc".into()), &any)

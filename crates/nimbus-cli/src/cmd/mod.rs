@@ -12,6 +12,7 @@ pub mod scale;
 pub mod tasks;
 pub mod topic;
 pub mod up;
+pub mod video;
 pub mod worker;
 
 use nimbus_core::queue::Attributes;

@@ -175,7 +175,13 @@ fn atoms_worker(engine: &Engine, args: &UpArgs) -> anyhow::Result<Worker> {
         poll_wait: Duration::from_millis(500),
         ..WorkerConfig::default()
     };
-    let handlers = all_handlers(engine, ExecPolicy::default(), &args.model, false)?;
+    let handlers = all_handlers(
+        engine,
+        ExecPolicy::default(),
+        crate::cmd::video::options(&args.video)?,
+        &args.model,
+        false,
+    )?;
     Ok(Worker::new(engine.clone(), handlers, config))
 }
 
@@ -189,6 +195,7 @@ async fn app_tier(
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
     let mut extra_args = vec!["--exit-with-parent".to_string()];
+    extra_args.extend(crate::cmd::video::forward(&args.video));
     let classify = model.is_ok();
     if let Ok(model_args) = model {
         extra_args.extend(model_args);

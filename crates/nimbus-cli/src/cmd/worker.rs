@@ -6,6 +6,7 @@ use nimbus_worker::{Handlers, Worker, WorkerConfig};
 use nimbus_workloads::jobs::JobStore;
 use nimbus_workloads::kinds::{self, WorkerOptions};
 use nimbus_workloads::tasks::ExecPolicy;
+use nimbus_workloads::video::VideoOptions;
 
 use crate::args::{EngineArgs, ModelArgs, WorkerArgs};
 use crate::engine_url;
@@ -48,7 +49,8 @@ pub async fn run(engine: &EngineArgs, args: WorkerArgs) -> anyhow::Result<()> {
         .queues
         .iter()
         .any(|q| q == nimbus_workloads::classify::REQUESTS);
-    let handlers = all_handlers(&engine, policy, &args.model, classify)?;
+    let video = crate::cmd::video::options(&args.video)?;
+    let handlers = all_handlers(&engine, policy, video, &args.model, classify)?;
     let id = config.worker_id.clone();
     let stats = Worker::new(engine, handlers, config).run(shutdown).await?;
     eprintln!(
@@ -91,12 +93,14 @@ fn stop_with_parent(shutdown: tokio_util::sync::CancellationToken) {
 pub fn all_handlers(
     engine: &nimbus_core::Engine,
     exec: ExecPolicy,
+    video: VideoOptions,
     model: &ModelArgs,
     classify: bool,
 ) -> anyhow::Result<Handlers> {
     let store = JobStore::new(engine.clone());
     let options = WorkerOptions {
         exec,
+        video,
         #[cfg(feature = "classify")]
         classifier: if classify {
             Some(load_classifier(model)?)
@@ -111,7 +115,7 @@ pub fn all_handlers(
             "this nimbus was built without image classification (cargo feature `classify`)"
         );
     }
-    Ok(kinds::handlers(&store, &options))
+    kinds::handlers(&store, &options).map_err(anyhow::Error::msg)
 }
 
 #[cfg(feature = "classify")]

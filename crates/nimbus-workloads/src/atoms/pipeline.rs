@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_core::task::{ATTR_KIND, ATTR_TASK_ID};
-use nimbus_core::{
-    Condition, Error, Job, JobEvent, OutgoingMessage, QueueName, Result,
-};
+use nimbus_core::{Condition, Error, Job, JobEvent, OutgoingMessage, QueueName, Result};
 use nimbus_worker::{Handler, Outcome, TaskContext};
 use object_store::path::Path as BlobPath;
 use serde::{Deserialize, Serialize};
