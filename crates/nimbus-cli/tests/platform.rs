@@ -1,5 +1,5 @@
 //! `nimbus up` as a user runs it: the GUI in headless Chromium (form, progress bar to 100 %,
-//! result and picture; the image page; the fleet page's charts), and a kill -9 in the middle of
+//! result and picture; the image page; the video page and its player; the fleet page's charts), and a kill -9 in the middle of
 //! a job after which `nimbus up` finishes it.
 #![allow(clippy::unwrap_used)]
 
@@ -54,6 +54,21 @@ fn the_image_page_labels_dropped_photos_in_headless_chromium() {
     for label in ["cat", "espresso", "tripod"] {
         assert!(report.contains(label), "{label} missing: {report}");
     }
+}
+
+#[test]
+fn the_video_page_makes_a_video_that_plays_in_headless_chromium() {
+    let photos = common::THREE_PHOTOS
+        .iter()
+        .map(|(p, _)| format!("{}/{p}", common::PHOTOS))
+        .collect::<Vec<_>>();
+    let (report, shots) = run_browser_script("video.mjs", &photos);
+    assert!(
+        report.contains("ok: bar") && report.contains("video 640x480, 3 s"),
+        "{report}"
+    );
+    println!("{report}");
+    assert!(shots.join("video.png").exists());
 }
 
 #[test]

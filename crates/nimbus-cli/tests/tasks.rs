@@ -265,3 +265,104 @@ fn bad_worker_arguments_are_named() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("`x` is not a whole number"));
 }
+
+/// Frames of the MP4 at `path`, as ffprobe counts them.
+fn frames_of(path: &Path) -> u64 {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe (./scripts/test.sh installs ffmpeg)");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn video_tasks_from_video_gen_run_on_workers_and_are_accounted_for() {
+    let env = Env::new();
+    let images = common::photos(env.dir.path(), common::THREE_PHOTOS);
+    env.run(&[
+        "video",
+        "gen",
+        "4",
+        "--images",
+        images.to_str().unwrap(),
+        "--per-video",
+        "2",
+        "--frame-seconds",
+        "0.2",
+        "--width",
+        "320",
+        "--height",
+        "240",
+        "-o",
+        "good.txt",
+    ]);
+    // Two videos of an image the worker may not fetch: their tasks fail, saying why.
+    std::fs::write(
+        env.dir.path().join("urls.txt"),
+        "# not on the allow-list\nhttp://127.0.0.1:1/a.png\n",
+    )
+    .unwrap();
+    env.run(&[
+        "video",
+        "gen",
+        "2",
+        "--urls",
+        "urls.txt",
+        "-o",
+        "refused.txt",
+    ]);
+    let good = std::fs::read_to_string(env.dir.path().join("good.txt")).unwrap();
+    assert_eq!(good.lines().count(), 4);
+    assert!(
+        good.lines()
+            .all(|l| l.starts_with("video {\"keys\":[\"uploads/video/")),
+        "{good}"
+    );
+    let refused = std::fs::read_to_string(env.dir.path().join("refused.txt")).unwrap();
+    std::fs::write(env.dir.path().join("workload.txt"), good + &refused).unwrap();
+    let session = stdout(&env.run(&["tasks", "submit", "workload.txt"]));
+    env.run(&[
+        "worker",
+        "--exit-when-idle",
+        "1s",
+        "--concurrency",
+        "2",
+        "--allow-fetch",
+        "127.0.0.2:9",
+    ]);
+    let check = stdout(&env.run(&["tasks", "check", "--session", &session]));
+    assert!(
+        check.contains("6 submitted, 6 reported (4 succeeded, 2 failed): all accounted for"),
+        "{check}"
+    );
+    assert!(
+        check.contains("is not on this worker's allow-list"),
+        "the failure says why: {check}"
+    );
+    let mp4 = env
+        .dir
+        .path()
+        .join(format!("blobs/tasks/{session}-1/video.mp4"));
+    assert_eq!(frames_of(&mp4), 2, "{}", mp4.display());
+    let bad = env
+        .cmd(&["video", "gen", "2", "--images", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot read --images /nonexistent"));
+    let zero = env
+        .cmd(&[
+            "video",
+            "gen",
+            "1",
+            "--urls",
+            "urls.txt",
+            "--frame-seconds",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("frame_seconds 0 is outside"));
+}
