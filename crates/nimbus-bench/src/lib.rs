@@ -7,6 +7,21 @@ pub mod http;
 pub mod http_report;
 pub mod raw_sqlite;
 pub mod tasks;
+pub mod video;
+
+/// The CPU's model name from /proc/cpuinfo (figures differ by 2.5x between this project's
+/// machines, so every table names it).
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
 
 /// The median of `values` (0 when empty).
 pub fn median(values: &mut [f64]) -> f64 {

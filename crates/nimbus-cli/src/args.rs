@@ -768,6 +768,25 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 60.0)]
         wait: f64,
     },
+    /// Seed 002's Animoto job: seconds per video for N images (fetched over HTTP from a local
+    /// server), split between fetching, normalizing and encoding with ffmpeg.
+    Video {
+        /// Images per video, one row each.
+        #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
+        images: Vec<usize>,
+        /// Runs per row; the median is shown.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Frame and image width.
+        #[arg(long, default_value_t = 640)]
+        width: u32,
+        /// Frame and image height.
+        #[arg(long, default_value_t = 480)]
+        height: u32,
+        /// The ffmpeg executable.
+        #[arg(long, default_value = "ffmpeg")]
+        ffmpeg: PathBuf,
+    },
     /// Seed 002's experiments: efficiency of 1 to 16 slots on equal total work, and end-to-end
     /// throughput of no-op tasks through worker processes, beside the local pool and Celery.
     Tasks {

@@ -68,6 +68,13 @@ pub async fn run(_engine: &EngineArgs, cmd: BenchCmd) -> anyhow::Result<()> {
             expect,
             wait,
         } => classify(url, &images, requests, concurrency, expect.as_deref(), wait).await,
+        BenchCmd::Video {
+            images,
+            runs,
+            width,
+            height,
+            ffmpeg,
+        } => video(images, runs, width, height, ffmpeg).await,
         BenchCmd::Tasks {
             slots,
             scale,
@@ -625,5 +632,40 @@ async fn http(a: BenchHttpArgs) -> anyhow::Result<()> {
             written.len()
         );
     }
+    Ok(())
+}
+
+async fn video(
+    images: Vec<usize>,
+    runs: usize,
+    width: u32,
+    height: u32,
+    ffmpeg: std::path::PathBuf,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        images.iter().all(|&n| (1..=500).contains(&n)) && runs >= 1,
+        "--images counts must be within 1 to 500 and --runs at least 1"
+    );
+    let dir = tempfile::tempdir()?;
+    let engine =
+        nimbus_sqlite::SqliteEngine::open(dir.path().join("bench.db"), Default::default())?
+            .into_engine(dir.path().join("blobs"))?;
+    let bench = nimbus_bench::video::VideoBench {
+        images,
+        runs,
+        width,
+        height,
+        ffmpeg,
+    };
+    eprintln!("making videos of {width}x{height} images, {runs} run(s) each…");
+    let rows = nimbus_bench::video::run(engine, &bench)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    println!(
+        "CPU: {} ({} cores)",
+        nimbus_bench::cpu_model(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    print!("{}", nimbus_bench::video::table(&rows));
     Ok(())
 }

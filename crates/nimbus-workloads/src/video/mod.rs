@@ -165,6 +165,16 @@ impl VideoParams {
                 self.fps
             ));
         }
+        let frame_bytes = n as u64 * u64::from(self.width) * u64::from(self.height) * 3;
+        if frame_bytes > encode::MAX_FRAME_BYTES {
+            return Err(format!(
+                "{n} frames of {} x {} take {} MiB, over the limit of {} MiB a video: fewer images or a smaller frame",
+                self.width,
+                self.height,
+                frame_bytes >> 20,
+                encode::MAX_FRAME_BYTES >> 20
+            ));
+        }
         let seconds = fs * n as f64;
         if seconds > f64::from(limits.max_seconds) {
             return Err(format!(
@@ -865,6 +875,13 @@ mod tests {
                 "crossfade_seconds 1",
             ),
             (r#"{"urls":["http://x/a"],"fps":0}"#, "fps 0"),
+            (
+                &format!(
+                    r#"{{"urls":{:?},"width":1920,"height":1080}}"#,
+                    vec!["http://x/a"; 200]
+                ),
+                "over the limit of 1024 MiB",
+            ),
         ];
         for (json, expected) in cases {
             let err = params(json).validate(&limits).unwrap_err();
