@@ -194,6 +194,7 @@ async fn health_openapi_and_metrics_are_served() {
         "/api/v1/jobs/{id}/cancel",
         "/api/v1/jobs/{id}/events",
         "/api/v1/jobs/{id}/plane.png",
+        "/api/v1/jobs/{id}/video",
         "/api/v1/atoms",
         "/api/v1/classify",
         "/api/v1/upload",

@@ -109,9 +109,14 @@ struct Setup {
 /// The web tier and one video worker (one job at a time) that may fetch from the image server;
 /// `ffmpeg` is the executable it runs.
 async fn setup(ffmpeg: &str) -> Setup {
+    setup_with(ffmpeg, |_| {}).await
+}
+
+/// [`setup`] with the worker's video options changed by `change`.
+async fn setup_with(ffmpeg: &str, change: impl FnOnce(&mut VideoOptions)) -> Setup {
     let images = image_server().await;
     let work = tempfile::tempdir().unwrap();
-    let options = WorkerOptions {
+    let mut options = WorkerOptions {
         video: VideoOptions {
             ffmpeg: PathBuf::from(ffmpeg),
             fetch: FetchPolicy {
@@ -125,6 +130,7 @@ async fn setup(ffmpeg: &str) -> Setup {
         },
         ..WorkerOptions::default()
     };
+    change(&mut options.video);
     let handlers =
         move |engine: &Engine| kinds::handlers(&JobStore::new(engine.clone()), &options).unwrap();
     let spec = WorkerSpec {
@@ -475,6 +481,20 @@ async fn an_upload_missing_or_over_the_size_limit_fails_its_job() {
         "is over the limit of 2097152 bytes",
     )
     .await;
+}
+
+#[tokio::test]
+async fn images_over_the_total_limit_of_a_video_fail_its_job() {
+    let s = setup_with("ffmpeg", |o| o.max_total_bytes = 100).await;
+    let urls: Vec<String> = (0..10).map(|i| s.url(&format!("/img/{i}.png"))).collect();
+    let id = s.create(json!({ "urls": urls })).await;
+    let job = s.ended(&id).await;
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains("over the limit of 100 bytes in all"),
+        "{error}"
+    );
+    s.assert_clean();
 }
 
 #[tokio::test]

@@ -267,6 +267,8 @@ pub struct VideoOptions {
     pub limits: VideoLimits,
     /// How many images are fetched at once.
     pub fetch_concurrency: usize,
+    /// The most bytes of images one video holds in memory (all its images, as fetched).
+    pub max_total_bytes: u64,
 }
 
 impl Default for VideoOptions {
@@ -278,6 +280,7 @@ impl Default for VideoOptions {
             encode_timeout: Duration::from_secs(600),
             limits: VideoLimits::default(),
             fetch_concurrency: 8,
+            max_total_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -442,6 +445,7 @@ impl VideoRunner {
         let mut running = futures::stream::FuturesUnordered::new();
         let mut inputs = vec![Bytes::new(); params.images()];
         let width = self.options.fetch_concurrency.max(1);
+        let (mut total, max_total) = (0u64, self.options.max_total_bytes);
         loop {
             while running.len() < width {
                 let Some((i, source)) = pending.next() else {
@@ -453,6 +457,12 @@ impl VideoRunner {
                 next = running.next() => match next {
                     Some(got) => {
                         let (i, bytes) = got?;
+                        total += bytes.len() as u64;
+                        if total > max_total {
+                            return Err(VideoError::Refused(format!(
+                                "the images of this video are over the limit of {max_total} bytes in all"
+                            )));
+                        }
                         progress(Step::Fetched(i));
                         inputs[i] = bytes;
                     }
