@@ -12,7 +12,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nimbus_core::{JobEvent, JobState};
-use nimbus_workloads::classify::{self, check_header, ImageError};
+use nimbus_workloads::classify::{self, check_header, ClassifyResult, ImageError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -239,21 +239,12 @@ fn answer(job_id: &str, result: Value, error: Option<String>) -> Response {
         )
             .into_response();
     }
-    let images = result
-        .get("images")
-        .cloned()
-        .unwrap_or(Value::Array(Vec::new()));
+    let images = serde_json::from_value::<ClassifyResult>(result)
+        .map(|r| r.images)
+        .unwrap_or_default();
     let failed: Vec<String> = images
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| {
-            Some(format!(
-                "image `{}`: {}",
-                i.get("name")?.as_str()?,
-                i.get("error")?.as_str()?
-            ))
-        })
+        .iter()
+        .filter_map(|i| Some(format!("image `{}`: {}", i.name, i.error.as_ref()?)))
         .collect();
     if !failed.is_empty() {
         let body = json!({ "job_id": job_id, "error": failed.join("; "), "images": images });

@@ -3,6 +3,7 @@
 use axum::extract::{Path, State};
 use axum::response::Html;
 use nimbus_core::Job;
+use nimbus_workloads::atoms::AtomsResult;
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -75,17 +76,17 @@ fn param(job: &Job, name: &str) -> String {
 fn job_row(job: &Job) -> String {
     let minimum = job
         .result
-        .as_ref()
-        .and_then(|r| r.get("minimum"))
-        .and_then(serde_json::Value::as_f64)
-        .map_or_else(|| "–".into(), |m| format!("{m:.6}"));
+        .clone()
+        .and_then(|r| serde_json::from_value::<AtomsResult>(r).ok())
+        .map_or_else(|| "–".into(), |r| format!("{:.6}", r.minimum));
     let pct = (job.progress.done * 100)
         .checked_div(job.progress.total)
         .unwrap_or(0);
     format!(
-        "<tr><td><a href='/jobs/{id}'><code>{short}</code></a></td><td class='state {state}'>{state}</td><td>{grid}</td><td>{atoms}</td><td>{pct} %</td><td>{minimum}</td></tr>",
+        "<tr><td><a href='/jobs/{id}'><code>{short}</code></a></td><td>{kind}</td><td class='state {state}'>{state}</td><td>{grid}</td><td>{atoms}</td><td>{pct} %</td><td>{minimum}</td></tr>",
         id = escape(&job.id),
         short = escape(&job.id[job.id.len().saturating_sub(12)..]),
+        kind = escape(&job.kind),
         state = job.state.as_str(),
         grid = param(job, "grid_size"),
         atoms = param(job, "atom_count"),
@@ -98,7 +99,7 @@ pub async fn home(State(state): State<AppState>) -> Result<Html<String>, ApiErro
     let recent = if rows.is_empty() {
         "<p class=hint>No jobs yet.</p>".to_string()
     } else {
-        format!("<table><tr><th>job</th><th>state</th><th>grid</th><th>atoms</th><th>progress</th><th>minimum</th></tr>{rows}</table>")
+        format!("<table><tr><th>job</th><th>kind</th><th>state</th><th>grid</th><th>atoms</th><th>progress</th><th>minimum</th></tr>{rows}</table>")
     };
     let limits = state.config.limits;
     let body = format!(
