@@ -2,7 +2,7 @@
 //! used by the local compute provider and by the benchmarks (each runs in its own process group,
 //! stops gracefully: SIGTERM, then SIGKILL to the group after a grace period, and is reaped), and
 //! [`run`], which runs a command to completion for a handler (shell tasks, ffmpeg) under a time
-//! limit and a cancel token, killing its whole process group whenever it stops early.
+//! limit and a cancel token, killing its whole process tree whenever it stops early.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -297,20 +297,85 @@ fn quote(stderr: &str) -> String {
     }
 }
 
-/// Kills the process group it names when dropped: a run that ends early (time limit, cancel,
-/// its future dropped) or on its own leaves none of its processes behind.
-struct GroupGuard(u32);
+/// Kills the process tree it names when dropped, unless disarmed: a run that ends early (time
+/// limit, cancel, its future dropped) leaves none of its processes behind.
+struct TreeGuard(Option<u32>);
 
-impl Drop for GroupGuard {
+impl Drop for TreeGuard {
     fn drop(&mut self) {
-        signal(self.0, Target::Group, Signal::KILL);
+        if let Some(pid) = self.0 {
+            kill_tree(pid);
+        }
     }
 }
 
-/// Runs `command` to its end in a process group of its own, with standard input closed; each
-/// line it writes to standard output goes to `on_line`. Its whole group is killed when it ends,
-/// when `limits.timeout` runs out, when `cancel` fires, or when this future is dropped (so a
-/// shell's children go too, not the shell alone).
+/// Every process's parent, from /proc.
+fn parents() -> Vec<(u32, u32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // pid (comm) state ppid ...: comm may hold spaces, so split after it.
+        let ppid = stat
+            .rsplit_once(") ")?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some((pid, ppid))
+    })
+    .collect()
+}
+
+/// Stops `root` and every process descended from it (so none forks away while they are found),
+/// then kills them all. The tree, not a process group: a task stays in its worker's group, so
+/// that stopping or killing the worker's group (a supervisor, a kill -9 of the group) reaches its
+/// tasks too.
+fn kill_tree(root: u32) {
+    signal(root, Target::Process, Signal::STOP);
+    let mut tree = vec![root];
+    loop {
+        let found: Vec<u32> = parents()
+            .into_iter()
+            .filter(|(pid, ppid)| tree.contains(ppid) && !tree.contains(pid))
+            .map(|(pid, _)| pid)
+            .collect();
+        if found.is_empty() {
+            break;
+        }
+        for pid in found {
+            signal(pid, Target::Process, Signal::STOP);
+            tree.push(pid);
+        }
+    }
+    for pid in tree {
+        signal(pid, Target::Process, Signal::KILL);
+    }
+}
+
+/// The end of `kept` (at most `tail` bytes, on a character boundary), trimmed.
+fn tail_of(kept: &[u8], tail: usize) -> String {
+    let text = String::from_utf8_lossy(kept);
+    let text = text.trim();
+    let mut start = text.len().saturating_sub(tail);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_string()
+}
+
+/// How long the output pipes may stay open after the command exited (a process it left running
+/// may hold them) before they are no longer read.
+const PIPE_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs `command` to its end, with standard input closed; each line it writes to standard output
+/// goes to `on_line`. It stays in this process's group (a supervisor that stops or kills this
+/// process's group reaches it too); its whole process tree is killed when `limits.timeout` runs
+/// out, when `cancel` fires, or when this future is dropped (so a shell's children go too, not
+/// the shell alone).
 pub async fn run(
     mut command: tokio::process::Command,
     limits: &RunLimits,
@@ -324,7 +389,6 @@ pub async fn run(
         .to_string_lossy()
         .into_owned();
     let mut child = command
-        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -340,13 +404,18 @@ pub async fn run(
             source: std::io::Error::other("the child ended before it could be watched"),
         });
     };
-    let guard = GroupGuard(pid);
+    let mut guard = TreeGuard(Some(pid));
     let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+    // Shared by the readers and this function (never across an await), and readable after a
+    // time limit cut the readers short.
+    let stdout_bytes = std::sync::atomic::AtomicU64::new(0);
+    let kept = std::sync::Mutex::new(Vec::new());
+    let tail = limits.stderr_tail;
     let read_stdout = async {
-        let (mut total, mut line, mut buf) = (0u64, Vec::new(), [0u8; 8192]);
-        let Some(out) = stdout.as_mut() else { return 0 };
+        let (mut line, mut buf) = (Vec::new(), [0u8; 8192]);
+        let Some(out) = stdout.as_mut() else { return };
         while let Ok(n @ 1..) = out.read(&mut buf).await {
-            total += n as u64;
+            stdout_bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             for chunk in buf[..n].split_inclusive(|b| *b == b'\n') {
                 // A line longer than 64 KiB is cut there; the rest still counts as output.
                 if line.len() < 64 * 1024 {
@@ -358,56 +427,63 @@ pub async fn run(
                 }
             }
         }
-        total
     };
-    let tail = limits.stderr_tail;
     let read_stderr = async {
-        let (mut kept, mut buf) = (Vec::new(), [0u8; 4096]);
-        let Some(err) = stderr.as_mut() else {
-            return String::new();
-        };
+        let mut buf = [0u8; 4096];
+        let Some(err) = stderr.as_mut() else { return };
         while let Ok(n @ 1..) = err.read(&mut buf).await {
+            let mut kept = kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             kept.extend_from_slice(&buf[..n]);
             // Twice the tail is kept while reading, so trailing blank lines do not eat it.
             if kept.len() > 4 * tail {
-                kept.drain(..kept.len() - 2 * tail);
+                let excess = kept.len() - 2 * tail;
+                kept.drain(..excess);
             }
         }
-        let text = String::from_utf8_lossy(&kept);
-        let text = text.trim();
-        let mut start = text.len().saturating_sub(tail);
-        while !text.is_char_boundary(start) {
-            start += 1;
-        }
-        text[start..].to_string()
     };
-    let wait = async {
-        let status = child.wait().await;
-        // What it started and left running would hold its pipes open: end them too.
-        signal(pid, Target::Group, Signal::KILL);
+    let finished = async {
+        let mut reading = std::pin::pin!(async { tokio::join!(read_stdout, read_stderr) });
+        let mut read_all = false;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                ((), ()) = &mut reading, if !read_all => read_all = true,
+            }
+        };
+        if !read_all {
+            let _ = tokio::time::timeout(PIPE_GRACE, reading).await;
+        }
         status
     };
-    let finished = async { tokio::join!(read_stdout, read_stderr, wait) };
     let limit = limits.timeout.unwrap_or(Duration::MAX);
     let ended = tokio::select! {
         ended = tokio::time::timeout(limit, finished) => ended,
         () = cancel.cancelled() => return Err(RunError::Cancelled { program }),
     };
-    drop(guard);
-    let Ok((stdout_bytes, stderr, status)) = ended else {
+    let stderr = tail_of(
+        &kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        tail,
+    );
+    let Ok(status) = ended else {
         return Err(RunError::TimedOut {
             program,
             limit,
-            stderr: String::new(),
+            stderr,
         });
     };
+    // Reaped: its pid may be reused from now on, so the guard must not signal it.
+    guard.0 = None;
     let status = status.map_err(|source| RunError::Wait {
         program: program.clone(),
         source,
     })?;
     Ok(RunOutput {
         status,
-        stdout_bytes,
+        stdout_bytes: stdout_bytes.into_inner(),
         stderr,
     })
 }
@@ -517,27 +593,13 @@ mod tests {
         assert!(matches!(missing, RunError::Spawn { .. }), "{missing}");
     }
 
-    /// The pid a script wrote to `file`, once it has.
-    async fn pid_in(file: &Path) -> u32 {
-        for _ in 0..500 {
-            if let Some(pid) = std::fs::read_to_string(file)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-            {
-                return pid;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the script never wrote its pid");
-    }
-
     #[tokio::test]
-    async fn a_time_limit_or_a_cancel_kills_the_whole_group() {
+    async fn a_time_limit_or_a_cancel_kills_the_whole_tree_and_a_group_kill_reaches_it() {
         let dir = tempfile::tempdir().unwrap();
         for by_cancel in [false, true] {
-            let file = dir.path().join(format!("pid-{by_cancel}"));
+            let file = dir.path().join(format!("pids-{by_cancel}"));
             // The shell's child holds the pipes: killing only `sh` would leave it running.
-            let script = format!("echo $$ > {}; sleep 30 & wait", file.display());
+            let script = format!("sleep 30 & echo $$ $! > {}; wait", file.display());
             let cancel = tokio_util::sync::CancellationToken::new();
             let limits = RunLimits {
                 timeout: (!by_cancel).then_some(Duration::from_millis(300)),
@@ -546,13 +608,13 @@ mod tests {
             let started = Instant::now();
             let running = run(sh_command(&script), &limits, &cancel, |_| {});
             let watcher = async {
-                let pid = pid_in(&file).await;
+                let pids = pids_in(&file).await;
                 if by_cancel {
                     cancel.cancel();
                 }
-                pid
+                pids
             };
-            let (ended, pid) = tokio::join!(running, watcher);
+            let (ended, pids) = tokio::join!(running, watcher);
             let err = ended.unwrap_err();
             if by_cancel {
                 assert!(matches!(err, RunError::Cancelled { .. }), "{err}");
@@ -561,10 +623,78 @@ mod tests {
             }
             assert!(started.elapsed() < Duration::from_secs(20));
             let deadline = Instant::now() + Duration::from_secs(10);
-            while live_in_group(pid) > 0 {
-                assert!(Instant::now() < deadline, "the group outlived the run");
+            while pids.iter().any(|&p| alive(p)) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the tree outlived the run: {pids:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+        // The command is in this process's group, where a supervisor's group signal lands.
+        let file = dir.path().join("group");
+        let script = format!("cat /proc/$$/stat > {}", file.display());
+        let cancel = tokio_util::sync::CancellationToken::new();
+        run(sh_command(&script), &RunLimits::default(), &cancel, |_| {})
+            .await
+            .unwrap();
+        let child = group_of(&std::fs::read_to_string(&file).unwrap());
+        let own = group_of(&std::fs::read_to_string("/proc/self/stat").unwrap());
+        assert_eq!(child, own, "a task stays in its worker's process group");
+    }
+
+    /// The process group in a /proc/PID/stat line.
+    fn group_of(stat: &str) -> Option<i32> {
+        stat.rsplit_once(") ")?
+            .1
+            .split_whitespace()
+            .nth(2)?
+            .parse()
+            .ok()
+    }
+
+    /// Whether `pid` runs (a zombie does not: a container's init may never reap it).
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+            .unwrap_or(false)
+    }
+
+    /// The pids a script wrote to `file`, once it has.
+    async fn pids_in(file: &Path) -> Vec<u32> {
+        for _ in 0..500 {
+            if let Some(pids) = std::fs::read_to_string(file).ok().and_then(|s| {
+                let pids: Vec<u32> = s
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect();
+                (pids.len() == 2).then_some(pids)
+            }) {
+                return pids;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the script never wrote its pids");
+    }
+
+    #[tokio::test]
+    async fn a_process_left_holding_the_pipes_does_not_hold_the_run() {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let started = Instant::now();
+        let out = run(
+            sh_command("sleep 20 & echo done"),
+            &RunLimits::default(),
+            &cancel,
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert!(out.status.success());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
