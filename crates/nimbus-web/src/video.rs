@@ -65,9 +65,15 @@ pub async fn create_from_upload(state: &AppState, request: Request) -> Result<Re
     for (name, bytes) in &form.files {
         check_image(state, name, bytes)?;
     }
+    // Checked whole before anything is stored: a refused upload leaves no blobs behind.
     let batch = uuid::Uuid::now_v7();
-    for (i, (_, bytes)) in form.files.into_iter().enumerate() {
-        let key = format!("{}video/{batch}/{i:05}", video::UPLOADS);
+    params.keys = (0..form.files.len())
+        .map(|i| format!("{}video/{batch}/{i:05}", video::UPLOADS))
+        .collect();
+    params
+        .validate(&state.config.video_limits)
+        .map_err(|e| ApiError::bad_request(format!("video parameters: {e}")))?;
+    for (key, (_, bytes)) in params.keys.iter().zip(form.files) {
         state
             .store
             .engine()
@@ -75,7 +81,6 @@ pub async fn create_from_upload(state: &AppState, request: Request) -> Result<Re
             .put(&BlobPath::from(key.as_str()), bytes.into())
             .await
             .map_err(crate::api::blob_error)?;
-        params.keys.push(key);
     }
     submit(state, &params).await
 }
@@ -94,7 +99,11 @@ enum Asked {
 
 /// The range `value` asks of a body of `size` bytes.
 fn asked_range(value: Option<&str>, size: u64) -> Asked {
-    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else {
+    let Some(spec) = value.and_then(|v| {
+        let v = v.trim();
+        let unit = v.get(..6)?;
+        unit.eq_ignore_ascii_case("bytes=").then(|| &v[6..])
+    }) else {
         return Asked::Whole;
     };
     if spec.contains(',') {
@@ -104,7 +113,12 @@ fn asked_range(value: Option<&str>, size: u64) -> Asked {
         return Asked::Whole;
     };
     let (first, last) = (first.trim(), last.trim());
-    let parse = |s: &str| s.parse::<u64>().ok();
+    let parse = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
     match (first.is_empty(), last.is_empty()) {
         // `bytes=-N`: the last N bytes.
         (true, false) => match parse(last) {
@@ -145,6 +159,13 @@ pub async fn video_file(
         return Err(ApiError::not_found(format!(
             "job {id} is a {} job; only video jobs have a video",
             job.kind
+        )));
+    }
+    // Only a finished video is served: a run cut short may have left one it would replace.
+    if job.state != nimbus_core::JobState::Succeeded {
+        return Err(ApiError::not_found(format!(
+            "job {id} has no video: it is {}",
+            job.state.as_str()
         )));
     }
     let path = BlobPath::from(video::video_key(&id));
@@ -333,6 +354,8 @@ mod tests {
         assert_eq!(r("bytes=5-1"), Asked::Whole);
         assert_eq!(r("items=0-1"), Asked::Whole);
         assert_eq!(r("bytes=x-"), Asked::Whole);
+        assert_eq!(r("Bytes=0-1"), Asked::Range(0, 1));
+        assert_eq!(r("bytes=+5-"), Asked::Whole);
         assert_eq!(asked_range(Some("bytes=0-"), 0), Asked::Unsatisfiable);
     }
 }

@@ -65,6 +65,7 @@ async fn image_server() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let png_of = |bytes: Vec<u8>| ([(header::CONTENT_TYPE, "image/png")], bytes).into_response();
+    let flaky = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let app = Router::new()
         .route(
             "/img/{n}",
@@ -81,6 +82,18 @@ async fn image_server() -> SocketAddr {
         )
         .route("/text", get(|| async { "this is not an image" }))
         .route("/missing", get(|| async { StatusCode::NOT_FOUND }))
+        .route("/down", get(|| async { StatusCode::SERVICE_UNAVAILABLE }))
+        .route(
+            "/flaky.png",
+            get(move || async move {
+                // Every other request fails with 503: a retry gets the image.
+                if flaky.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 0 {
+                    StatusCode::SERVICE_UNAVAILABLE.into_response()
+                } else {
+                    png_of(png(64, 48, 5))
+                }
+            }),
+        )
         .route("/bomb.png", get(move || async move { png_of(bomb()) }))
         .route(
             "/redirect",

@@ -48,6 +48,9 @@ pub fn decode(bytes: &[u8]) -> Result<DynamicImage, ImageError> {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
+    // What decoding may allocate: the largest image accepted in 8-bit RGBA, not the image
+    // crate's 512 MiB (several decodes run at once, one per core).
+    limits.max_alloc = Some(MAX_PIXELS * 4 + (16 << 20));
     reader.limits(limits);
     reader
         .decode()

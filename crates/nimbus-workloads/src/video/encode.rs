@@ -24,6 +24,9 @@ pub struct Encoding {
     pub crossfade_ms: u32,
     /// Frames per second of the output when cross-fading (without, one frame per image).
     pub fps: u32,
+    /// Frames each image lasts when cross-fading (`frame_ms` x `fps`, a whole number; 1
+    /// without).
+    pub frames_per_image: u32,
     /// Frame width in pixels (even).
     pub width: u32,
     /// Frame height in pixels (even).
@@ -31,30 +34,33 @@ pub struct Encoding {
 }
 
 impl Encoding {
-    /// The output's frame rate as a fraction (frames, per seconds).
-    fn rate(&self) -> (u64, u64) {
+    /// The input's frame rate (images a second) as ffmpeg reads it: exact, so the video lasts
+    /// what was asked.
+    fn input_rate(&self) -> String {
         if self.crossfade_ms == 0 {
-            (1000, u64::from(self.frame_ms))
+            format!("1000/{}", self.frame_ms)
         } else {
-            (u64::from(self.fps), 1)
+            format!("{}/{}", self.fps, self.frames_per_image)
         }
     }
 
     /// How many frames the video has.
     pub fn frames(&self) -> u64 {
-        let (num, den) = self.rate();
-        let per_image = u64::from(self.frame_ms) * num / (den * 1000);
-        per_image.max(1) * self.images as u64
+        u64::from(self.frames_per_image) * self.images as u64
     }
 
     /// Its length in seconds.
     pub fn seconds(&self) -> f64 {
-        f64::from(self.frame_ms) * self.images as f64 / 1000.0
+        if self.crossfade_ms == 0 {
+            f64::from(self.frame_ms) * self.images as f64 / 1000.0
+        } else {
+            self.frames() as f64 / f64::from(self.fps)
+        }
     }
 
     /// ffmpeg's arguments, reading `frame-%05d.bmp` in `dir` and writing `out`.
     pub fn ffmpeg_args(&self, dir: &Path, out: &Path) -> Vec<String> {
-        let input_rate = format!("1000/{}", self.frame_ms);
+        let input_rate = self.input_rate();
         let mut args: Vec<String> = [
             "-nostdin",
             "-hide_banner",
@@ -192,6 +198,7 @@ mod tests {
             frame_ms: 2000,
             crossfade_ms: 0,
             fps: 25,
+            frames_per_image: 1,
             width: 64,
             height: 48,
         };
@@ -200,6 +207,7 @@ mod tests {
         let fades = Encoding {
             crossfade_ms: 500,
             fps: 10,
+            frames_per_image: 20,
             ..cuts
         };
         assert_eq!(fades.frames(), 60);
@@ -211,7 +219,7 @@ mod tests {
             "{args}"
         );
         assert!(
-            args.contains("-framerate 1000/2000 -i /t/frame-%05d.bmp"),
+            args.contains("-framerate 10/20 -i /t/frame-%05d.bmp"),
             "{args}"
         );
     }

@@ -106,9 +106,13 @@ pub enum FetchError {
     /// address.
     #[error("{0}")]
     Refused(String),
-    /// The server or the network failed, or a limit ran out.
+    /// The server answered what no retry changes (4xx but 429), or the body is over the limit.
     #[error("{0}")]
     Failed(String),
+    /// The network or the server failed in a way a later try may not (connection, time limit,
+    /// 5xx, 429).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl FetchPolicy {
@@ -208,6 +212,11 @@ impl Fetcher {
             .await
             .map_err(|e| explain(url, &e))?;
         let status = response.status();
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(FetchError::Unavailable(format!(
+                "`{url}` answered {status}"
+            )));
+        }
         if !status.is_success() {
             return Err(FetchError::Failed(format!("`{url}` answered {status}")));
         }
@@ -248,14 +257,13 @@ fn explain(url: &str, e: &reqwest::Error) -> FetchError {
         }
         source = s.source();
     }
-    let what = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        format!("cannot connect: {}", innermost(e))
-    } else {
-        innermost(e)
-    };
-    FetchError::Failed(format!("`{url}`: {what}"))
+    if e.is_timeout() {
+        return FetchError::Unavailable(format!("`{url}`: timed out"));
+    }
+    if e.is_connect() || e.is_request() || e.is_body() {
+        return FetchError::Unavailable(format!("`{url}`: {}", innermost(e)));
+    }
+    FetchError::Failed(format!("`{url}`: {}", innermost(e)))
 }
 
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
@@ -307,48 +315,70 @@ fn class_of(ip: IpAddr) -> &'static str {
 
 fn class(ip: IpAddr) -> Option<&'static str> {
     match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            if v4.is_loopback() {
-                Some("a loopback address")
-            } else if v4.is_private() {
-                Some("a private address")
-            } else if v4.is_link_local() {
-                Some("a link-local address")
-            } else if a == 100 && (64..128).contains(&b) {
-                Some("a shared (carrier-grade NAT) address")
-            } else if v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || a >= 240
-            {
-                Some("a reserved address")
-            } else {
-                None
-            }
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return class(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            if v6.is_loopback() {
-                Some("a loopback address")
-            } else if first & 0xfe00 == 0xfc00 {
-                Some("a private (unique local) address")
-            } else if first & 0xffc0 == 0xfe80 {
-                Some("a link-local address")
-            } else if v6.is_unspecified()
-                || v6.is_multicast()
-                || first == 0x2001 && v6.segments()[1] == 0xdb8
-            {
-                Some("a reserved address")
-            } else {
-                None
-            }
-        }
+        IpAddr::V4(v4) => class_v4(v4),
+        IpAddr::V6(v6) => class_v6(v6),
+    }
+}
+
+fn class_v4(v4: std::net::Ipv4Addr) -> Option<&'static str> {
+    let [a, b, c, _] = v4.octets();
+    if v4.is_loopback() {
+        Some("a loopback address")
+    } else if v4.is_private() {
+        Some("a private address")
+    } else if v4.is_link_local() {
+        Some("a link-local address")
+    } else if a == 100 && (64..128).contains(&b) {
+        Some("a shared (carrier-grade NAT) address")
+    } else if v4.is_unspecified()
+        || v4.is_broadcast()
+        || v4.is_multicast()
+        || v4.is_documentation()
+        || a == 0
+        || a >= 240
+        || (a, b, c) == (192, 0, 0)
+        || (a == 198 && (b == 18 || b == 19))
+    {
+        Some("a reserved address")
+    } else {
+        None
+    }
+}
+
+fn class_v6(v6: std::net::Ipv6Addr) -> Option<&'static str> {
+    let s = v6.segments();
+    let embedded = |hi: u16, lo: u16| {
+        std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+    };
+    // Addresses that carry an IPv4 address a gateway reaches for them: judged by that address.
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return class_v4(v4);
+    }
+    if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+        return class_v4(embedded(s[6], s[7])); // IPv4-compatible (deprecated)
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return class_v4(embedded(s[6], s[7])); // NAT64
+    }
+    if s[0] == 0x2002 {
+        return class_v4(embedded(s[1], s[2])); // 6to4
+    }
+    if v6.is_loopback() {
+        Some("a loopback address")
+    } else if s[0] & 0xfe00 == 0xfc00 || s[0] & 0xffc0 == 0xfec0 {
+        Some("a private (unique or site local) address")
+    } else if s[0] & 0xffc0 == 0xfe80 {
+        Some("a link-local address")
+    } else if v6.is_unspecified()
+        || v6.is_multicast()
+        || (s[0], s[1]) == (0x2001, 0xdb8)
+        || (s[0], s[1]) == (0x2001, 0) // Teredo
+        || (s[0], s[1]) == (0x64, 0xff9b) // local-use NAT64
+        || s[..4] == [0x100, 0, 0, 0]
+    {
+        Some("a reserved address")
+    } else {
+        None
     }
 }
 
@@ -407,6 +437,15 @@ mod tests {
             .contains("credentials"));
         let any = policy(&["*"]);
         assert_eq!(refusal(&any, "http://93.184.215.14/x"), None);
+        assert_eq!(
+            refusal(&any, "http://[2606:2800:21f:cb07:6820:80da:af6b:8b2c]/x"),
+            None
+        );
+        assert_eq!(
+            refusal(&any, "http://[64:ff9b::5db8:d70e]/x"),
+            None,
+            "NAT64 of a public address"
+        );
         for private in [
             "http://127.0.0.1/",
             "http://10.1.2.3/",
@@ -414,6 +453,14 @@ mod tests {
             "http://[::1]/",
             "http://[fd00::1]/",
             "http://[::ffff:192.168.1.1]/",
+            "http://[64:ff9b::a00:5]/",
+            "http://[2002:7f00:1::]/",
+            "http://[::10.0.0.1]/",
+            "http://[fec0::1]/",
+            "http://[2001::1]/",
+            "http://198.18.0.1/",
+            "http://0x7f000001/",
+            "http://2130706433/",
         ] {
             let why = refusal(&any, private).unwrap();
             assert!(

@@ -100,6 +100,8 @@ impl Default for VideoLimits {
     }
 }
 
+/// How many times an image is fetched before its failure fails the job.
+const FETCH_TRIES: u32 = 3;
 /// The shortest time an image may show (one frame at 25 frames per second).
 const MIN_FRAME_SECONDS: f64 = 0.04;
 /// The longest time an image may show.
@@ -182,11 +184,17 @@ impl VideoParams {
                 limits.max_seconds
             ));
         }
+        let crossfade_ms = (cf * 1000.0).round() as u32;
         Ok(Encoding {
             images: n,
             frame_ms: (fs * 1000.0).round() as u32,
-            crossfade_ms: (cf * 1000.0).round() as u32,
+            crossfade_ms,
             fps: self.fps,
+            frames_per_image: if crossfade_ms == 0 {
+                1
+            } else {
+                frames_per_image.round() as u32
+            },
             width: self.width,
             height: self.height,
         })
@@ -480,11 +488,7 @@ impl VideoRunner {
         source: Source,
     ) -> std::result::Result<(usize, Bytes), VideoError> {
         let got = match &source {
-            Source::Url(url) => self
-                .fetcher
-                .get(url)
-                .await
-                .map_err(|e| VideoError::Refused(e.to_string())),
+            Source::Url(url) => self.fetch_with_retries(url).await,
             Source::Upload(key) => self.read_upload(key).await,
         };
         match got {
@@ -494,6 +498,26 @@ impl VideoRunner {
             }
             Err(other) => Err(other),
         }
+    }
+
+    /// `url`'s body, tried again (twice, after 0.5 s and 1 s) when the failure may pass.
+    async fn fetch_with_retries(&self, url: &str) -> std::result::Result<Bytes, VideoError> {
+        let mut delay = Duration::from_millis(500);
+        for attempt in 1..=FETCH_TRIES {
+            match self.fetcher.get(url).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(FetchError::Unavailable(why)) if attempt < FETCH_TRIES => {
+                    tracing::debug!(url, attempt, error = %why, "fetch failed; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(FetchError::Unavailable(why)) => {
+                    return Err(VideoError::Refused(format!("{why} ({FETCH_TRIES} tries)")))
+                }
+                Err(e) => return Err(VideoError::Refused(e.to_string())),
+            }
+        }
+        Err(VideoError::Refused(format!("`{url}`: not fetched")))
     }
 
     async fn read_upload(&self, key: &str) -> std::result::Result<Bytes, VideoError> {
@@ -562,10 +586,13 @@ impl VideoRunner {
             });
         }
         drop(done_tx);
-        let mut first_error = None;
+        let (mut first_error, mut made_frames) = (None, 0);
         while let Some((i, made)) = done_rx.recv().await {
             match made {
-                Ok(()) => progress(Step::Normalized(i)),
+                Ok(()) => {
+                    made_frames += 1;
+                    progress(Step::Normalized(i));
+                }
                 Err(e) => {
                     // The earliest image's error, so the message does not depend on timing.
                     cancel_others(&next, inputs.len());
@@ -580,6 +607,10 @@ impl VideoRunner {
         }
         match first_error {
             Some((_, e)) => Err(e),
+            // A thread that panicked drops its sender without a word: never encode a gap.
+            None if made_frames < inputs.len() => Err(VideoError::Engine(Error::internal(
+                "a frame could not be made (its thread failed)",
+            ))),
             None => Ok(()),
         }
     }
@@ -663,11 +694,11 @@ impl VideoHandler {
         let total = job.progress.total;
         let reporter = Reporter::new(self.store.clone(), job_id, job.progress.done, total);
         let stop = task.cancel.child_token();
-        let watcher = tokio::spawn(watch_for_end(
+        let watcher = AbortOnDrop(tokio::spawn(watch_for_end(
             self.store.clone(),
             job_id.to_string(),
             stop.clone(),
-        ));
+        )));
         let n = params.images() as u64;
         let frames = params
             .validate(&self.runner.options.limits)
@@ -685,12 +716,13 @@ impl VideoHandler {
             .runner
             .make(&params, &video_key(job_id), &stop, &report)
             .await;
-        watcher.abort();
+        drop(watcher);
+        // Every progress event goes out before the job's end (failed, cancelled or succeeded).
+        reporter.close().await;
         let mut result = match made {
             Err(VideoError::Cancelled) if !task.cancel.is_cancelled() => return Ok(()),
             other => other?,
         };
-        reporter.flush().await;
         result.video = format!("/api/v1/jobs/{job_id}/video");
         let value = serde_json::to_value(&result)
             .map_err(|e| Error::internal("cannot encode").with_source(e))?;
@@ -706,6 +738,15 @@ impl VideoHandler {
             );
         }
         Ok(())
+    }
+}
+
+/// A task aborted when this is dropped (the handler's future may be dropped mid-run).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -731,16 +772,15 @@ async fn watch_for_end(store: JobStore, job_id: String, stop: CancellationToken)
 /// a job run again after a crash starts from the stored count, so no unit is counted twice.
 struct Reporter {
     done: std::sync::Mutex<u64>,
-    published: Arc<AtomicU64>,
     tx: tokio::sync::watch::Sender<u64>,
+    publisher: AbortOnDrop,
 }
 
 impl Reporter {
     fn new(store: JobStore, job_id: &str, stored: u64, total: u64) -> Self {
         let (tx, mut rx) = tokio::sync::watch::channel(stored);
-        let published = Arc::new(AtomicU64::new(stored));
-        let (job_id, seen) = (job_id.to_string(), published.clone());
-        tokio::spawn(async move {
+        let (job_id, seen) = (job_id.to_string(), AtomicU64::new(stored));
+        let publisher = tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 let target = *rx.borrow_and_update();
                 publish_progress(&store, &job_id, &seen, target, total).await;
@@ -751,8 +791,8 @@ impl Reporter {
         });
         Self {
             done: std::sync::Mutex::new(stored),
-            published,
             tx,
+            publisher: AbortOnDrop(publisher),
         }
     }
 
@@ -770,15 +810,12 @@ impl Reporter {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Waits (briefly) until what was reported is published.
-    async fn flush(&self) {
-        let target = *self.lock();
-        for _ in 0..50 {
-            if self.published.load(Ordering::Relaxed) >= target {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    /// Publishes what is left and waits for it (a few seconds at most).
+    async fn close(self) {
+        let Self { tx, publisher, .. } = self;
+        drop(tx);
+        let mut publisher = publisher;
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut publisher.0).await;
     }
 }
 
