@@ -87,7 +87,10 @@ async fn image_server() -> SocketAddr {
             "/flaky.png",
             get(move || async move {
                 // Every other request fails with 503: a retry gets the image.
-                if flaky.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 0 {
+                if flaky
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    .is_multiple_of(2)
+                {
                     StatusCode::SERVICE_UNAVAILABLE.into_response()
                 } else {
                     png_of(png(64, 48, 5))
