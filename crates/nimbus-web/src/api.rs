@@ -94,13 +94,18 @@ async fn create_atoms_job(
         return Err(e.into());
     }
     tracing::info!(job_id = %job.id, grid = n, atoms = count, "atoms job created");
+    Ok(created(job))
+}
+
+/// 201 with a job just created, and its location.
+pub(crate) fn created(job: nimbus_core::Job) -> Response {
     let location = format!("/api/v1/jobs/{}", job.id);
-    Ok((
+    (
         StatusCode::CREATED,
         [(header::LOCATION, location)],
         Json(job),
     )
-        .into_response())
+        .into_response()
 }
 
 /// Ends a job that could not be set up: never leave a job queued that no worker will see.

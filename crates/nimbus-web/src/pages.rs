@@ -201,24 +201,34 @@ function result(r) {{
   document.getElementById('resultcard').style.display = '';
 }}
 function failed(msg, s) {{ setState(s); document.getElementById('error').textContent = msg; document.getElementById('errorcard').style.display = ''; }}
-const es = new EventSource('/api/v1/jobs/{id}/events');
+{events}</script>"#,
+        id = escape(&job.id),
+        state = job.state.as_str(),
+        grid = param(&job, "grid_size"),
+        atoms = param(&job, "atom_count"),
+        events = job_events_script(&job.id),
+        total = job.progress.total,
+    );
+    Ok(page(&format!("job {}", escape(&job.id)), &body))
+}
+
+/// The script every job page shares: the job's events (a snapshot, progress, then its end)
+/// handed to the page's own `setState`, `show`, `result` and `failed`, and its Cancel button.
+pub fn job_events_script(id: &str) -> String {
+    format!(
+        r#"const es = new EventSource('/api/v1/jobs/{id}/events');
 es.addEventListener('snapshot', (e) => {{ const j = JSON.parse(e.data); setState(j.state); show(j.progress.done);
   if (j.state === 'succeeded') result(j.result); if (j.state === 'failed') failed(j.error, 'failed'); if (j.state === 'cancelled') failed('cancelled', 'cancelled');
-  if (['succeeded','failed','cancelled'].includes(j.state)) es.close(); else setState(j.state); }});
+  if (['succeeded','failed','cancelled'].includes(j.state)) es.close(); }});
 es.addEventListener('progress', (e) => {{ setState('running'); show(JSON.parse(e.data).done); }});
 es.addEventListener('result', (e) => {{ result(JSON.parse(e.data).result); es.close(); }});
 es.addEventListener('failed', (e) => {{ failed(JSON.parse(e.data).error, 'failed'); es.close(); }});
 es.addEventListener('cancelled', () => {{ failed('cancelled by a user', 'cancelled'); es.close(); }});
 const c = document.getElementById('cancel');
 if (c) c.addEventListener('click', async () => {{ await fetch('/api/v1/jobs/{id}/cancel', {{ method: 'POST' }}); }});
-</script>"#,
-        id = escape(&job.id),
-        state = job.state.as_str(),
-        grid = param(&job, "grid_size"),
-        atoms = param(&job, "atom_count"),
-        total = job.progress.total,
-    );
-    Ok(page(&format!("job {}", escape(&job.id)), &body))
+"#,
+        id = escape(id)
+    )
 }
 
 pub async fn classify_page() -> Html<String> {

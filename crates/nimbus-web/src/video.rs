@@ -32,13 +32,7 @@ async fn submit(state: &AppState, params: &VideoParams) -> Result<Response, ApiE
         .map_err(|e| ApiError::bad_request(format!("video parameters: {e}")))?;
     let job = video::submit(&state.store, params).await?;
     tracing::info!(job_id = %job.id, images = params.images(), "video job created");
-    let location = format!("/api/v1/jobs/{}", job.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(job),
-    )
-        .into_response())
+    Ok(crate::api::created(job))
 }
 
 /// `POST /api/v1/jobs` as multipart: the images as files (each checked here: size, format,
@@ -317,20 +311,11 @@ function result(r) {{
   document.getElementById('resultcard').style.display = '';
 }}
 function failed(msg, s) {{ setState(s); document.getElementById('step').textContent = s; document.getElementById('error').textContent = msg; document.getElementById('errorcard').style.display = ''; }}
-const es = new EventSource('/api/v1/jobs/{id}/events');
-es.addEventListener('snapshot', (e) => {{ const j = JSON.parse(e.data); setState(j.state); show(j.progress.done);
-  if (j.state === 'succeeded') result(j.result); if (j.state === 'failed') failed(j.error, 'failed'); if (j.state === 'cancelled') failed('cancelled', 'cancelled');
-  if (['succeeded','failed','cancelled'].includes(j.state)) es.close(); }});
-es.addEventListener('progress', (e) => {{ setState('running'); show(JSON.parse(e.data).done); }});
-es.addEventListener('result', (e) => {{ result(JSON.parse(e.data).result); es.close(); }});
-es.addEventListener('failed', (e) => {{ failed(JSON.parse(e.data).error, 'failed'); es.close(); }});
-es.addEventListener('cancelled', () => {{ failed('cancelled by a user', 'cancelled'); es.close(); }});
-const c = document.getElementById('cancel');
-if (c) c.addEventListener('click', async () => {{ await fetch('/api/v1/jobs/{id}/cancel', {{ method: 'POST' }}); }});
-</script>"#,
+{events}</script>"#,
         id = escape(&job.id),
         state = job.state.as_str(),
         total = job.progress.total,
+        events = crate::pages::job_events_script(&job.id),
     );
     page(&format!("video job {}", escape(&job.id)), &body)
 }
