@@ -116,6 +116,7 @@ struct Shared {
 }
 
 /// One delivery being worked on.
+#[derive(Clone)]
 struct Job {
     queue: QueueName,
     delivery: Delivery,
@@ -130,6 +131,74 @@ struct Completion {
     job: Job,
     outcome: Outcome,
     duration: Duration,
+    /// Renews the lease until the end is recorded (none for a task that ended at once).
+    keeper: Option<LeaseKeeper>,
+}
+
+/// Renews a finished task's lease on the heartbeat's schedule until its end is recorded and its
+/// message acknowledged: first the message's visibility and the claim, then, once the completer
+/// has taken the claim's version to write the end, the visibility alone. A completer that stalls
+/// past the lease, even in the middle of its writes, cannot hand a finished task to a second
+/// worker. Dropping it stops it.
+struct LeaseKeeper {
+    kept: Arc<tokio::sync::Mutex<Kept>>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+struct Kept {
+    job: Job,
+    /// Whether the claim is renewed too (until the completer writes the end on it).
+    claim_too: bool,
+    /// Whether the lease was lost (another worker owns the task).
+    lost: bool,
+}
+
+impl LeaseKeeper {
+    fn start(shared: Arc<Shared>, job: Job, mut beat: tokio::time::Interval) -> Self {
+        let kept = Arc::new(tokio::sync::Mutex::new(Kept {
+            job,
+            claim_too: true,
+            lost: false,
+        }));
+        let renewing = kept.clone();
+        let renewer = tokio::spawn(async move {
+            loop {
+                beat.tick().await;
+                let mut kept = renewing.lock().await;
+                let renewed = if kept.claim_too {
+                    renew(&shared, &mut kept.job).await
+                } else {
+                    extend_visibility(&shared, &kept.job).await
+                };
+                match renewed {
+                    Ok(()) => {}
+                    Err(e) if e.is_retryable() => {
+                        tracing::warn!(task_id = %kept.job.task_id, error = %e, "lease not extended yet; retrying")
+                    }
+                    Err(e) => {
+                        tracing::warn!(task_id = %kept.job.task_id, error = %e, "lease lost while the end waited to be recorded");
+                        kept.lost = true;
+                        return;
+                    }
+                }
+            }
+        });
+        Self { kept, renewer }
+    }
+
+    /// The claim's version for the end to be written on (after a renewal under way), from now
+    /// on no longer renewed; `None` when the lease was lost meanwhile.
+    async fn claim_version(&self) -> Option<Option<u64>> {
+        let mut kept = self.kept.lock().await;
+        kept.claim_too = false;
+        (!kept.lost).then_some(kept.job.version)
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
 }
 
 impl Worker {
@@ -365,6 +434,7 @@ async fn dispatch(
             job,
             outcome: Outcome::Failed(reason),
             duration: Duration::ZERO,
+            keeper: None,
         };
         if done.send(failed).await.is_err() {
             tracing::error!("completer is gone; the task will be redelivered");
@@ -503,6 +573,7 @@ async fn run_job(shared: &Arc<Shared>, mut job: Job) -> Option<Completion> {
             job,
             outcome: Outcome::Failed(reason),
             duration: Duration::ZERO,
+            keeper: None,
         });
     };
     let context = TaskContext {
@@ -541,10 +612,13 @@ async fn run_job(shared: &Arc<Shared>, mut job: Job) -> Option<Completion> {
             }
         }
     };
+    let duration = started.elapsed();
+    let keeper = LeaseKeeper::start(shared.clone(), job.clone(), beat);
     Some(Completion {
         job,
         outcome,
-        duration: started.elapsed(),
+        duration,
+        keeper: Some(keeper),
     })
 }
 
@@ -556,14 +630,19 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a non-string panic".to_string())
 }
 
-/// Extends the message's visibility and the claim's lease together.
-async fn renew(shared: &Shared, job: &mut Job) -> Result<()> {
-    let visibility = shared.config.visibility;
+/// Extends the message's visibility by one lease.
+async fn extend_visibility(shared: &Shared, job: &Job) -> Result<()> {
     shared
         .engine
         .queue
-        .change_visibility(&job.queue, &job.delivery.receipt, visibility)
-        .await?;
+        .change_visibility(&job.queue, &job.delivery.receipt, shared.config.visibility)
+        .await
+}
+
+/// Extends the message's visibility and the claim's lease together.
+async fn renew(shared: &Shared, job: &mut Job) -> Result<()> {
+    let visibility = shared.config.visibility;
+    extend_visibility(shared, job).await?;
     if let Some(version) = job.version {
         let claim = Claim::running(
             &shared.config.worker_id,
@@ -639,7 +718,19 @@ fn report_of(shared: &Shared, c: &Completion) -> Option<TaskReport> {
 /// Records a batch of ends (claims, then reports, then acknowledgements) and schedules retries.
 async fn record(shared: &Shared, batch: Vec<Completion>) -> Result<()> {
     let mut ended = Vec::new();
-    for c in batch {
+    // Kept renewing the messages' visibility until they are acknowledged, when this ends.
+    let mut keepers = Vec::with_capacity(batch.len());
+    for mut c in batch {
+        if let Some(keeper) = c.keeper.take() {
+            match keeper.claim_version().await {
+                Some(version) => c.job.version = version,
+                None => continue, // another worker owns it now and reports it
+            }
+            // A retry hides its message for the backoff: no renewal may undo that.
+            if !matches!(c.outcome, Outcome::RetryAfter { .. }) {
+                keepers.push(keeper);
+            }
+        }
         match report_of(shared, &c) {
             Some(report) => ended.push((c.job, report)),
             None => retry(shared, c).await,

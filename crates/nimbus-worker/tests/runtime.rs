@@ -319,6 +319,115 @@ async fn a_long_task_keeps_its_lease_and_no_second_worker_runs_it() {
     );
 }
 
+/// The ledger of `inner` with every write of an ended claim held for `stall` first: a completer
+/// that stalls (a slow disk, a paused process) after its handler returned.
+struct StallingEnds {
+    inner: Arc<dyn nimbus_core::Ledger>,
+    stall: Duration,
+}
+
+#[async_trait]
+impl nimbus_core::Ledger for StallingEnds {
+    async fn put(
+        &self,
+        key: &nimbus_core::ItemKey,
+        value: bytes::Bytes,
+        condition: Condition,
+    ) -> nimbus_core::Result<Option<u64>> {
+        self.inner.put(key, value, condition).await
+    }
+    async fn put_batch(
+        &self,
+        items: Vec<(nimbus_core::ItemKey, bytes::Bytes, Condition)>,
+    ) -> nimbus_core::Result<Vec<Option<u64>>> {
+        let ends = items
+            .iter()
+            .any(|(_, v, _)| matches!(Claim::decode(v), Ok(Claim::Ended { .. })));
+        if ends {
+            tokio::time::sleep(self.stall).await;
+        }
+        self.inner.put_batch(items).await
+    }
+    async fn get(
+        &self,
+        key: &nimbus_core::ItemKey,
+    ) -> nimbus_core::Result<Option<nimbus_core::Item>> {
+        self.inner.get(key).await
+    }
+    async fn delete(
+        &self,
+        key: &nimbus_core::ItemKey,
+        condition: Condition,
+    ) -> nimbus_core::Result<bool> {
+        self.inner.delete(key, condition).await
+    }
+    async fn add(&self, key: &nimbus_core::ItemKey, delta: i64) -> nimbus_core::Result<i64> {
+        self.inner.add(key, delta).await
+    }
+    async fn list(&self, partition: &str) -> nimbus_core::Result<Vec<(String, nimbus_core::Item)>> {
+        self.inner.list(partition).await
+    }
+}
+
+/// Regression (issue 16, the heartbeat gap): the lease is renewed until the end is recorded.
+/// Before, the heartbeat stopped when the handler returned, and a completer stalled past the
+/// lease let a second worker take the finished task over and run it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_completer_keeps_the_lease_so_no_second_worker_runs_the_task() {
+    let s = setup(QueueOptions::default()).await;
+    s.engine
+        .queue
+        .send(&s.work, task("stalled", "probe", "10"))
+        .await
+        .unwrap();
+    let probe = Probe::default();
+    let stalling = Engine {
+        ledger: Arc::new(StallingEnds {
+            inner: s.engine.ledger.clone(),
+            stall: Duration::from_secs(4),
+        }),
+        ..s.engine.clone()
+    };
+    let lease = Duration::from_secs(1);
+    let mut first = config(&s, "stalled-completer");
+    first.visibility = lease;
+    first.exit_when_idle = Some(Duration::from_secs(6));
+    let first = Worker::new(
+        stalling,
+        Handlers::default().with("probe", probe.clone()),
+        first,
+    );
+    let both = async {
+        tokio::join!(first.run(CancellationToken::new()), async {
+            // The second worker polls the whole time the first one's completer is stalled (four
+            // leases long).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            run_worker(&s, "second", &probe, |c| {
+                c.visibility = lease;
+                c.exit_when_idle = Some(Duration::from_secs(6));
+            })
+            .await
+        })
+    };
+    let (a, b) = tokio::time::timeout(Duration::from_secs(90), both)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the workers never went idle: the task kept coming back ({} runs)",
+                probe.runs.load(Ordering::SeqCst)
+            )
+        });
+    let a = a.unwrap();
+    assert_eq!(
+        probe.runs.load(Ordering::SeqCst),
+        1,
+        "the finished task ran once"
+    );
+    assert_eq!((a.succeeded, b.succeeded), (1, 0));
+    assert_eq!(reports(&s).await.len(), 1);
+    assert_all_acknowledged(&s, "the stalled end was recorded and acknowledged").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_brings_the_task_back_and_max_receives_dead_letters() {
     let dlq = QueueName::new("work-dlq").unwrap();
