@@ -139,10 +139,11 @@ struct Completion {
 /// message acknowledged: first the message's visibility and the claim, then, once the completer
 /// has taken the claim's version to write the end, the visibility alone. A completer that stalls
 /// past the lease, even in the middle of its writes, cannot hand a finished task to a second
-/// worker. Dropping it stops it.
+/// worker. The completion holds the keeper; the task that ran the job runs the [`Renewal`] until
+/// the keeper is dropped (no task of its own: a finished run costs no spawn).
 struct LeaseKeeper {
     kept: Arc<tokio::sync::Mutex<Kept>>,
-    renewer: tokio::task::JoinHandle<()>,
+    _recorded: tokio::sync::oneshot::Sender<()>,
 }
 
 struct Kept {
@@ -153,37 +154,35 @@ struct Kept {
     lost: bool,
 }
 
+/// The renewing side of a [`LeaseKeeper`]; ends when the keeper is dropped.
+struct Renewal {
+    shared: Arc<Shared>,
+    kept: Arc<tokio::sync::Mutex<Kept>>,
+    beat: tokio::time::Interval,
+    recorded: tokio::sync::oneshot::Receiver<()>,
+}
+
 impl LeaseKeeper {
-    fn start(shared: Arc<Shared>, job: Job, mut beat: tokio::time::Interval) -> Self {
+    fn new(shared: Arc<Shared>, job: Job, beat: tokio::time::Interval) -> (Self, Renewal) {
         let kept = Arc::new(tokio::sync::Mutex::new(Kept {
             job,
             claim_too: true,
             lost: false,
         }));
-        let renewing = kept.clone();
-        let renewer = tokio::spawn(async move {
-            loop {
-                beat.tick().await;
-                let mut kept = renewing.lock().await;
-                let renewed = if kept.claim_too {
-                    renew(&shared, &mut kept.job).await
-                } else {
-                    extend_visibility(&shared, &kept.job).await
-                };
-                match renewed {
-                    Ok(()) => {}
-                    Err(e) if e.is_retryable() => {
-                        tracing::warn!(task_id = %kept.job.task_id, error = %e, "lease not extended yet; retrying")
-                    }
-                    Err(e) => {
-                        tracing::warn!(task_id = %kept.job.task_id, error = %e, "lease lost while the end waited to be recorded");
-                        kept.lost = true;
-                        return;
-                    }
-                }
-            }
-        });
-        Self { kept, renewer }
+        let (recorded_tx, recorded) = tokio::sync::oneshot::channel();
+        let renewal = Renewal {
+            shared,
+            kept: kept.clone(),
+            beat,
+            recorded,
+        };
+        (
+            Self {
+                kept,
+                _recorded: recorded_tx,
+            },
+            renewal,
+        )
     }
 
     /// The claim's version for the end to be written on (after a renewal under way), from now
@@ -195,9 +194,32 @@ impl LeaseKeeper {
     }
 }
 
-impl Drop for LeaseKeeper {
-    fn drop(&mut self) {
-        self.renewer.abort();
+impl Renewal {
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut self.recorded => return,
+                _ = self.beat.tick() => {}
+            }
+            let mut kept = self.kept.lock().await;
+            let renewed = if kept.claim_too {
+                renew(&self.shared, &mut kept.job).await
+            } else {
+                extend_visibility(&self.shared, &kept.job).await
+            };
+            match renewed {
+                Ok(()) => {}
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(task_id = %kept.job.task_id, error = %e, "lease not extended yet; retrying")
+                }
+                Err(e) => {
+                    tracing::warn!(task_id = %kept.job.task_id, error = %e, "lease lost while the end waited to be recorded");
+                    kept.lost = true;
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -547,21 +569,27 @@ fn start(
     let (shared, done) = (shared.clone(), done.clone());
     shared.running.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
-        if let Some(completion) = run_job(&shared, job).await {
+        let mut renewal = None;
+        if let Some((completion, renew)) = run_job(&shared, job).await {
             if done.send(completion).await.is_err() {
                 tracing::error!("completer is gone; the task will be redelivered");
             }
+            renewal = renew;
         }
         // Idle time counts from the last task's end too, not only from the last receive: a
         // worker that just finished a long task is not idle yet.
         *lock(&shared.last_activity) = Instant::now();
         shared.running.fetch_sub(1, Ordering::Relaxed);
         drop(permit);
+        if let Some(renewal) = renewal {
+            renewal.run().await;
+        }
     });
 }
 
 /// Runs the handler with a heartbeat; `None` when the task was given back or its lease lost.
-async fn run_job(shared: &Arc<Shared>, mut job: Job) -> Option<Completion> {
+/// The renewal keeps the lease until the completion is recorded.
+async fn run_job(shared: &Arc<Shared>, mut job: Job) -> Option<(Completion, Option<Renewal>)> {
     let Some(handler) = shared.handlers.get(&job.kind) else {
         let reason = format!(
             "no handler for kind `{}` on worker {} (it runs {:?})",
@@ -569,12 +597,13 @@ async fn run_job(shared: &Arc<Shared>, mut job: Job) -> Option<Completion> {
             shared.config.worker_id,
             shared.handlers.kinds()
         );
-        return Some(Completion {
+        let failed = Completion {
             job,
             outcome: Outcome::Failed(reason),
             duration: Duration::ZERO,
             keeper: None,
-        });
+        };
+        return Some((failed, None));
     };
     let context = TaskContext {
         task_id: job.task_id.clone(),
@@ -613,13 +642,16 @@ async fn run_job(shared: &Arc<Shared>, mut job: Job) -> Option<Completion> {
         }
     };
     let duration = started.elapsed();
-    let keeper = LeaseKeeper::start(shared.clone(), job.clone(), beat);
-    Some(Completion {
-        job,
-        outcome,
-        duration,
-        keeper: Some(keeper),
-    })
+    let (keeper, renewal) = LeaseKeeper::new(shared.clone(), job.clone(), beat);
+    Some((
+        Completion {
+            job,
+            outcome,
+            duration,
+            keeper: Some(keeper),
+        },
+        Some(renewal),
+    ))
 }
 
 fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
