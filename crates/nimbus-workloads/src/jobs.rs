@@ -183,6 +183,41 @@ impl JobStore {
         Ok(u64::try_from(now).unwrap_or(0).min(total))
     }
 
+    /// Records that part `part` of a job has done `done` units in all (a slab's points so far),
+    /// adding to the job's progress only what exceeds what was recorded for that part before:
+    /// a part computed again (after a crash, or by two workers at once) is never counted twice.
+    /// Returns the job's new count when anything was added.
+    pub async fn part_progress(
+        &self,
+        id: &str,
+        part: &str,
+        done: u64,
+        total: u64,
+    ) -> Result<Option<u64>> {
+        let key = job_item(id, &format!("counted/{part}"))?;
+        loop {
+            let item = self.engine.ledger.get(&key).await?;
+            let counted = item
+                .as_ref()
+                .and_then(|i| std::str::from_utf8(&i.value).ok()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            if done <= counted {
+                return Ok(None);
+            }
+            let condition = item.map_or(Condition::Absent, |i| Condition::Version(i.version));
+            let value = Bytes::from(done.to_string());
+            if self
+                .engine
+                .ledger
+                .put(&key, value, condition)
+                .await?
+                .is_some()
+            {
+                return self.add_progress(id, done - counted, total).await.map(Some);
+            }
+        }
+    }
+
     /// Publishes an event on the events topic with the `job_id` attribute.
     pub async fn publish(&self, event: &JobEvent) -> Result<()> {
         let body = serde_json::to_vec(event)

@@ -1,6 +1,5 @@
 //! The generator and solver handlers of the atoms pipeline.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use crate::jobs::{now_ms, JobStore};
 pub const GENERATE: &str = "atoms-generate";
 /// The solvers' queue and handler kind.
 pub const SOLVE: &str = "atoms-solve";
-/// At most one progress event per job per process in this interval (~20 a second).
+/// At most one progress event per slab in this interval (~20 a second).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -240,30 +239,6 @@ impl Handler for GenerateHandler {
     }
 }
 
-/// Progress not yet published, per job, shared by the solvers of one process.
-#[derive(Default)]
-struct ProgressHub {
-    pending: Mutex<HashMap<String, (u64, Instant)>>,
-}
-
-impl ProgressHub {
-    /// Adds points; returns the points to publish now when the job's interval has passed.
-    fn report(&self, job_id: &str, points: u64, force: bool) -> Option<u64> {
-        let mut map = self
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = map.entry(job_id.to_string()).or_insert((0, Instant::now()));
-        entry.0 += points;
-        if entry.0 > 0 && (force || entry.1.elapsed() >= PROGRESS_INTERVAL) {
-            let due = entry.0;
-            *entry = (0, Instant::now());
-            return Some(due);
-        }
-        None
-    }
-}
-
 /// Recently used atom sets by job id, oldest first.
 type AtomsCache = Vec<(String, Arc<Atoms>)>;
 
@@ -271,7 +246,6 @@ type AtomsCache = Vec<(String, Arc<Atoms>)>;
 #[derive(Clone)]
 pub struct SolveHandler {
     store: JobStore,
-    hub: Arc<ProgressHub>,
     atoms: Arc<Mutex<AtomsCache>>,
 }
 
@@ -286,7 +260,6 @@ impl SolveHandler {
     pub fn new(store: JobStore) -> Self {
         Self {
             store,
-            hub: Arc::default(),
             atoms: Arc::default(),
         }
     }
@@ -321,8 +294,16 @@ impl SolveHandler {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn publish_progress(&self, job_id: &str, points: u64, total: u64) -> Result<()> {
-        let done = self.store.add_progress(job_id, points, total).await?;
+    /// Records a slab's points so far (each slab counted once, however often it is computed)
+    /// and tells the watchers when the job's count rose.
+    async fn publish_progress(&self, job_id: &str, z0: u32, points: u64, total: u64) -> Result<()> {
+        let Some(done) = self
+            .store
+            .part_progress(job_id, &format!("slab/{z0:05}"), points, total)
+            .await?
+        else {
+            return Ok(());
+        };
         self.store
             .publish(&JobEvent::Progress {
                 job_id: job_id.to_string(),
@@ -345,31 +326,33 @@ impl SolveHandler {
         let runtime = tokio::runtime::Handle::current();
         let (z0, z1) = (msg.z0, msg.z1);
         let minimum = tokio::task::spawn_blocking(move || {
-            let mut stopped = false;
-            let m = super::solve_slab(&atoms, n, z0, z1, |points| {
+            let (mut stopped, mut points, mut published) = (false, 0u64, Instant::now());
+            let m = super::solve_slab(&atoms, n, z0, z1, |more| {
                 if stopped || cancel.is_cancelled() {
                     stopped = true;
                     return;
                 }
-                if let Some(due) = this.hub.report(&job_id, points, false) {
-                    if let Err(e) = runtime.block_on(this.publish_progress(&job_id, due, total)) {
+                points += more;
+                if published.elapsed() >= PROGRESS_INTERVAL {
+                    published = Instant::now();
+                    let publishing = this.publish_progress(&job_id, z0, points, total);
+                    if let Err(e) = runtime.block_on(publishing) {
                         tracing::warn!(job_id, error = %e, "progress not published");
                     }
                 }
             });
-            (m, stopped)
+            (m, stopped, points)
         })
         .await
         .map_err(|e| Error::internal("solver thread failed").with_source(e))?;
-        let (Some(minimum), false) = minimum else {
+        let (Some(minimum), false, points) = minimum else {
             return Err(Error::new(
                 nimbus_core::ErrorKind::Unavailable,
                 "solver stopped before the slab was done",
             ));
         };
-        if let Some(due) = self.hub.report(&msg.job_id, 0, true) {
-            self.publish_progress(&msg.job_id, due, total).await?;
-        }
+        self.publish_progress(&msg.job_id, msg.z0, points, total)
+            .await?;
         let partial = serde_json::to_vec(&Partial {
             value: minimum.value,
             point: minimum.point,
@@ -456,5 +439,67 @@ impl Handler for SolveHandler {
             Err(o) => return o,
         };
         outcome(&self.store, &msg.job_id, self.run(&msg, task).await).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 16): a slab computed again (after a crash its claim is taken over and
+    /// the slab restarts) counted its points twice, and the bar reached 100 % early.
+    #[tokio::test]
+    async fn a_slab_computed_twice_counts_its_points_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = nimbus_sqlite::SqliteEngine::open(dir.path().join("db"), Default::default())
+            .unwrap()
+            .into_engine(dir.path().join("blobs"))
+            .unwrap();
+        let store = JobStore::new(engine.clone());
+        store.prepare(&[SOLVE]).await.unwrap();
+        let n = 24;
+        let params = json!({ "grid_size": n, "atom_count": 50, "seed": 1 });
+        let job = JobStore::new_job(super::super::KIND, params, u64::from(n).pow(3));
+        store.create(&job).await.unwrap();
+        let atoms = generate(50, n, 1);
+        engine
+            .blobs
+            .put(
+                &blob(&job.id, "atoms.bin"),
+                Bytes::from(atoms.to_bytes()).into(),
+            )
+            .await
+            .unwrap();
+        let solver = SolveHandler::new(store.clone());
+        let (z0, z1) = (0, 8);
+        let body = serde_json::to_vec(&SolveMessage {
+            job_id: job.id.clone(),
+            z0,
+            z1,
+        })
+        .unwrap();
+        for attempt in 1..=2 {
+            let task = TaskContext {
+                task_id: format!("{}/slab/{z0}", job.id),
+                kind: SOLVE.into(),
+                worker_id: format!("w{attempt}"),
+                queue: QueueName::new(SOLVE).unwrap(),
+                delivery: nimbus_core::Delivery {
+                    message_id: "m".into(),
+                    receipt: nimbus_core::Receipt(format!("r{attempt}")),
+                    body: Bytes::from(body.clone()),
+                    attributes: Default::default(),
+                    receive_count: attempt,
+                    sent_at: std::time::SystemTime::now(),
+                    group_id: None,
+                },
+                engine: engine.clone(),
+                cancel: tokio_util::sync::CancellationToken::new(),
+            };
+            let outcome = solver.handle(&task).await;
+            assert!(matches!(outcome, Outcome::Done { .. }), "{outcome:?}");
+        }
+        let slab_points = u64::from(n * n * (z1 - z0));
+        assert_eq!(store.get(&job.id).await.unwrap().progress.done, slab_points);
     }
 }
