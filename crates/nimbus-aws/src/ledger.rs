@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use nimbus_core::ledger::check_value;
-use nimbus_core::{Condition, Error, ErrorKind, Item, ItemKey, Ledger, Result};
+use nimbus_core::{Condition, Error, ErrorKind, Item, ItemKey, Ledger, Order, Page, Result};
 
 use crate::error::{malformed, sdk_error};
 use crate::Clients;
@@ -304,6 +304,54 @@ impl Ledger for DynamoLedger {
                 Ok((sort, item(attrs)?))
             })
             .collect()
+    }
+
+    async fn list_page(&self, page: Page<'_>) -> Result<Vec<(String, Item)>> {
+        nimbus_core::ledger::check_page(&page)?;
+        let forward = page.order == Order::Ascending;
+        let mut condition = "pk = :pk".to_string();
+        let mut values = HashMap::from([(
+            ":pk".to_string(),
+            AttributeValue::S(page.partition.to_string()),
+        )]);
+        if let Some(after) = page.after {
+            condition.push_str(if forward {
+                " AND sk > :after"
+            } else {
+                " AND sk < :after"
+            });
+            values.insert(":after".into(), AttributeValue::S(after.to_string()));
+        }
+        let mut out = Vec::with_capacity(page.limit);
+        let mut start: Option<Attrs> = None;
+        // A query answers at most 1 MB: go on from where it stopped until the page is full.
+        loop {
+            let answer = self
+                .clients
+                .dynamodb
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression(&condition)
+                .set_expression_attribute_values(Some(values.clone()))
+                .scan_index_forward(forward)
+                .limit(i32::try_from(page.limit - out.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take())
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| sdk_error(format!("page ledger partition `{}`", page.partition), e))?;
+            for attrs in answer.items.unwrap_or_default() {
+                let sort = match attrs.get("sk") {
+                    Some(AttributeValue::S(s)) => s.clone(),
+                    _ => return Err(malformed("page ledger", "sort key")),
+                };
+                out.push((sort, item(&attrs)?));
+            }
+            match answer.last_evaluated_key {
+                Some(key) if out.len() < page.limit && !key.is_empty() => start = Some(key),
+                _ => return Ok(out),
+            }
+        }
     }
 }
 

@@ -910,6 +910,83 @@ pub async fn ledger_items_have_versions_and_conditions(h: &Harness) {
     assert_eq!(ledger.get(&key).await.unwrap(), None);
 }
 
+pub async fn ledger_pages_a_partition_both_ways_from_a_cursor(h: &Harness) {
+    use nimbus_core::{Order, Page};
+    let ledger = &h.engine.ledger;
+    let part = format!("{}-pages", h.prefix);
+    let items: Vec<_> = (0..25)
+        .map(|i| {
+            (
+                ItemKey::new(&part, format!("k{i:03}")).unwrap(),
+                Bytes::from(format!("v{i}")),
+                Condition::Always,
+            )
+        })
+        .collect();
+    ledger.put_batch(items).await.unwrap();
+    let page = |after: Option<&'static str>, limit, order| Page {
+        partition: part.as_str(),
+        after,
+        limit,
+        order,
+    };
+    let sorts = |items: Vec<(String, nimbus_core::Item)>| -> Vec<String> {
+        items.into_iter().map(|(s, _)| s).collect()
+    };
+    let first = sorts(
+        ledger
+            .list_page(page(None, 10, Order::Descending))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(first.first().map(String::as_str), Some("k024"));
+    assert_eq!(first.len(), 10);
+    let second = ledger
+        .list_page(page(Some("k015"), 10, Order::Descending))
+        .await
+        .unwrap();
+    assert_eq!(second[0].0, "k014", "a page starts after its cursor");
+    assert_eq!(second[0].1.value, Bytes::from("v14"));
+    let last = sorts(
+        ledger
+            .list_page(page(Some("k005"), 10, Order::Descending))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        last,
+        ["k004", "k003", "k002", "k001", "k000"],
+        "the last page is short"
+    );
+    let up = sorts(
+        ledger
+            .list_page(page(Some("k020"), 3, Order::Ascending))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(up, ["k021", "k022", "k023"]);
+    assert!(ledger
+        .list_page(page(Some("k024"), 5, Order::Ascending))
+        .await
+        .unwrap()
+        .is_empty());
+    for bad in [0, 1001] {
+        let err = ledger
+            .list_page(page(None, bad, Order::Ascending))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            nimbus_core::ErrorKind::InvalidInput,
+            "limit {bad}"
+        );
+        assert!(
+            err.to_string().contains("page limit must be 1 to 1000"),
+            "{err}"
+        );
+    }
+}
+
 pub async fn blobs_put_get_list_delete(h: &Harness) {
     let blobs = &h.engine.blobs;
     let a = BlobPath::from(format!("{}/inputs/a.bin", h.prefix));

@@ -200,6 +200,7 @@ macro_rules! conformance_suite {
             counter_adds_from_8_tasks_sum_right,
             ledger_items_have_versions_and_conditions,
             put_batch_checks_each_condition_on_its_own,
+            ledger_pages_a_partition_both_ways_from_a_cursor,
             fifo_group_is_held_by_any_message_in_flight,
             a_zero_visibility_receive_hands_out_each_message_once,
             blobs_put_get_list_delete,

@@ -51,6 +51,48 @@ pub fn check_key(what: &str, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// The most items one page of a partition holds.
+pub const MAX_PAGE: usize = 1000;
+
+/// Which way a page of a partition runs by sort key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Smallest sort key first.
+    Ascending,
+    /// Largest sort key first (newest first, for time-ordered keys).
+    Descending,
+}
+
+/// A page of a partition: at most `limit` items, in `order`, whose sort keys come strictly
+/// after `after` in that order (from the start when `None`). The last sort key of a page is the
+/// cursor of the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page<'a> {
+    /// The partition.
+    pub partition: &'a str,
+    /// The sort key the page starts after.
+    pub after: Option<&'a str>,
+    /// The most items (1 to [`MAX_PAGE`]).
+    pub limit: usize,
+    /// Which way it runs.
+    pub order: Order,
+}
+
+/// Checks a page's partition, cursor and limit.
+pub fn check_page(page: &Page<'_>) -> Result<()> {
+    check_key("partition", page.partition)?;
+    if let Some(after) = page.after {
+        check_key("page cursor", after)?;
+    }
+    if !(1..=MAX_PAGE).contains(&page.limit) {
+        return Err(Error::invalid(format!(
+            "page limit must be 1 to {MAX_PAGE}, got {}",
+            page.limit
+        )));
+    }
+    Ok(())
+}
+
 /// Checks an item value's size.
 pub fn check_value(value: &Bytes) -> Result<()> {
     if value.len() > MAX_ITEM_BYTES {
@@ -120,6 +162,25 @@ pub trait Ledger: Send + Sync {
 
     /// Every item of a partition with its sort key, sorted by sort key.
     async fn list(&self, partition: &str) -> Result<Vec<(String, Item)>>;
+
+    /// One page of a partition (see [`Page`]), read without reading the rest: what listings of
+    /// large partitions use. The default reads the whole partition; engines page natively.
+    async fn list_page(&self, page: Page<'_>) -> Result<Vec<(String, Item)>> {
+        check_page(&page)?;
+        let mut all = self.list(page.partition).await?;
+        if page.order == Order::Descending {
+            all.reverse();
+        }
+        Ok(all
+            .into_iter()
+            .filter(|(sort, _)| match (page.after, page.order) {
+                (None, _) => true,
+                (Some(after), Order::Ascending) => sort.as_str() > after,
+                (Some(after), Order::Descending) => sort.as_str() < after,
+            })
+            .take(page.limit)
+            .collect())
+    }
 }
 
 #[cfg(test)]

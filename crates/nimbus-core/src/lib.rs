@@ -15,7 +15,7 @@ use std::sync::Arc;
 pub use compute::{ComputeProvider, Instance, InstanceState, LaunchSpec, WorkerLoad};
 pub use error::{Error, ErrorKind, Result};
 pub use job::{Job, JobEvent, JobState, Progress};
-pub use ledger::{Condition, Item, ItemKey, Ledger};
+pub use ledger::{Condition, Item, ItemKey, Ledger, Order, Page};
 pub use names::{QueueName, TopicName};
 pub use object_store::ObjectStore;
 pub use queue::{

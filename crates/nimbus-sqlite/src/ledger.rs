@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_core::ledger::{check_key, check_value};
-use nimbus_core::{Condition, Item, ItemKey, Ledger, Result};
+use nimbus_core::{Condition, Item, ItemKey, Ledger, Order, Page, Result};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::{sql_error, SqliteEngine};
@@ -132,6 +132,30 @@ impl Ledger for SqliteEngine {
                 .prepare_cached("SELECT sort, value, counter, version FROM ledger WHERE partition = ?1 ORDER BY sort")
                 .map_err(sql_error)?;
             let rows = stmt.query_map([partition], |r| Ok((r.get(0)?, item(r, 1)?))).map_err(sql_error)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(sql_error)
+        })
+        .await
+    }
+
+    async fn list_page(&self, page: Page<'_>) -> Result<Vec<(String, Item)>> {
+        nimbus_core::ledger::check_page(&page)?;
+        let (partition, after) = (page.partition.to_string(), page.after.map(str::to_string));
+        let (limit, order) = (page.limit as i64, page.order);
+        self.call(move |conn| {
+            // One statement per direction and cursor, each walking the primary key's index.
+            let sql = match (order, after.is_some()) {
+                (Order::Ascending, false) => "SELECT sort, value, counter, version FROM ledger WHERE partition = ?1 ORDER BY sort ASC LIMIT ?2",
+                (Order::Descending, false) => "SELECT sort, value, counter, version FROM ledger WHERE partition = ?1 ORDER BY sort DESC LIMIT ?2",
+                (Order::Ascending, true) => "SELECT sort, value, counter, version FROM ledger WHERE partition = ?1 AND sort > ?3 ORDER BY sort ASC LIMIT ?2",
+                (Order::Descending, true) => "SELECT sort, value, counter, version FROM ledger WHERE partition = ?1 AND sort < ?3 ORDER BY sort DESC LIMIT ?2",
+            };
+            let mut stmt = conn.prepare_cached(sql).map_err(sql_error)?;
+            let map = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, item(r, 1)?));
+            let rows = match &after {
+                Some(after) => stmt.query_map(rusqlite::params![partition, limit, after], map),
+                None => stmt.query_map(rusqlite::params![partition, limit], map),
+            }
+            .map_err(sql_error)?;
             rows.collect::<rusqlite::Result<_>>().map_err(sql_error)
         })
         .await
