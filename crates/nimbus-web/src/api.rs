@@ -147,10 +147,14 @@ pub(crate) fn blob_error(e: object_store::Error) -> ApiError {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     limit: Option<usize>,
+    cursor: Option<String>,
 }
 
+/// `GET /api/v1/jobs`: a page of jobs, newest first; when there may be more, the `Link` header
+/// (`rel="next"`) and `x-next-cursor` say where the next page starts.
 pub async fn list_jobs(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -162,8 +166,30 @@ pub async fn list_jobs(
             "limit {limit} is outside 1 to 1000"
         )));
     }
-    Ok(Json(state.store.list(limit).await?).into_response())
+    let cursor = query.cursor.as_deref();
+    if let Some(c) = cursor {
+        if uuid::Uuid::parse_str(c).is_err() {
+            return Err(ApiError::bad_request(format!(
+                "cursor `{}` is not a job id (take it from the x-next-cursor header)",
+                c.chars().take(64).collect::<String>()
+            )));
+        }
+    }
+    let (jobs, next) = state.store.page(limit, cursor).await?;
+    let mut response = Json(jobs).into_response();
+    if let Some(next) = next {
+        let headers = response.headers_mut();
+        let link = format!("</api/v1/jobs?limit={limit}&cursor={next}>; rel=\"next\"");
+        if let (Ok(link), Ok(next)) = (link.parse(), next.parse()) {
+            headers.insert(header::LINK, link);
+            headers.insert(NEXT_CURSOR, next);
+        }
+    }
+    Ok(response)
 }
+
+/// The header naming the next page's cursor.
+const NEXT_CURSOR: &str = "x-next-cursor";
 
 pub async fn get_job(
     State(state): State<AppState>,

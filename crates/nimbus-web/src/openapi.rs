@@ -34,9 +34,12 @@ pub fn document() -> Value {
                                    "413": error_response("An image or the upload over its limit (named)"), "415": error_response("Neither JSON nor multipart") }
                 },
                 "get": {
-                    "summary": "List jobs, newest first",
-                    "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 50 } }],
-                    "responses": { "200": { "description": "Jobs", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Job" } } } } } }
+                    "summary": "A page of jobs, newest first; the next page starts after the cursor in the `x-next-cursor` header (and the `Link` header's rel=next), absent on the last page",
+                    "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 50 } },
+                                   { "name": "cursor", "in": "query", "schema": { "type": "string", "format": "uuid" }, "description": "The x-next-cursor of the page before" }],
+                    "responses": { "200": { "description": "Jobs", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Job" } } } },
+                                            "headers": { "x-next-cursor": { "schema": { "type": "string", "format": "uuid" } }, "Link": { "schema": { "type": "string" } } } },
+                                   "400": error_response("A limit outside 1 to 1000, or a cursor that is not a job id") }
                 }
             },
             "/api/v1/jobs/{id}": {

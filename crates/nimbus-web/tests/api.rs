@@ -553,3 +553,132 @@ async fn the_queues_view_shows_depths_and_a_redrive_moves_dead_letters_back() {
         );
     }
 }
+
+/// Regression (issue 16): listing and counting jobs read every record. A page is read alone now,
+/// and the counts are counters (jobs from before them are counted once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_listed_by_pages_and_counted_without_reading_every_record() {
+    let p = platform(WebConfig::default(), false).await;
+    let records: Vec<_> = (0..100_000)
+        .map(|_| {
+            let job = JobStore::new_job("atoms", json!({ "grid_size": 1 }), 1);
+            let key = nimbus_core::ItemKey::new("jobs", &job.id).unwrap();
+            let value = bytes::Bytes::from(serde_json::to_vec(&job).unwrap());
+            (key, value, nimbus_core::Condition::Absent)
+        })
+        .collect();
+    let mut ids: Vec<String> = records.iter().map(|(k, _, _)| k.sort.clone()).collect();
+    for chunk in records.chunks(5000) {
+        p.engine.ledger.put_batch(chunk.to_vec()).await.unwrap();
+    }
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let started = std::time::Instant::now();
+    let response = p
+        .app
+        .clone()
+        .oneshot(
+            Request::get("/api/v1/jobs?limit=1000")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    println!(
+        "first page of 1,000 of 100,000 jobs in {:?}",
+        started.elapsed()
+    );
+    let mut cursor = response.headers()["x-next-cursor"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let link = response.headers()["link"].to_str().unwrap().to_string();
+    assert!(
+        link.contains(&format!("cursor={cursor}>; rel=\"next\"")),
+        "{link}"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let first: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    let page_ids = |page: &[Value]| -> Vec<String> {
+        page.iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(page_ids(&first), ids[..1000], "newest first");
+    for n in 1..3 {
+        let (status, page) = call(
+            &p.app,
+            "GET",
+            &format!("/api/v1/jobs?limit=1000&cursor={cursor}"),
+            None,
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let page = page.as_array().unwrap();
+        assert_eq!(
+            page_ids(page),
+            ids[n * 1000..(n + 1) * 1000],
+            "page {n} follows on"
+        );
+        cursor = page_ids(page).last().unwrap().clone();
+    }
+    let (status, last) = call(
+        &p.app,
+        "GET",
+        &format!("/api/v1/jobs?limit=5&cursor={}", ids[ids.len() - 3]),
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        (status, last.as_array().unwrap().len()),
+        (StatusCode::OK, 2),
+        "the last page is short"
+    );
+    let (status, bad) = call(
+        &p.app,
+        "GET",
+        "/api/v1/jobs?cursor=../etc",
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&bad).contains("is not a job id"), "{bad}");
+    // A store from before the counters (the records above were written behind its back): the
+    // next start counts its jobs once, then the counts are kept as jobs come and change.
+    let marker = nimbus_core::ItemKey::new("jobs#counts", "since").unwrap();
+    p.engine
+        .ledger
+        .delete(&marker, nimbus_core::Condition::Always)
+        .await
+        .unwrap();
+    JobStore::new(p.engine.clone()).prepare(&[]).await.unwrap();
+    let metrics = || async {
+        let (_, text) = call(&p.app, "GET", "/metrics", None, Body::empty()).await;
+        text.as_str().unwrap().to_string()
+    };
+    assert!(
+        metrics()
+            .await
+            .contains("nimbus_jobs{state=\"queued\"} 100000"),
+        "{}",
+        metrics().await
+    );
+    let id = create(&p.app, 4, 10, 1).await;
+    let (status, _) = call(
+        &p.app,
+        "POST",
+        &format!("/api/v1/jobs/{id}/cancel"),
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let text = metrics().await;
+    assert!(
+        text.contains("nimbus_jobs{state=\"queued\"} 100000")
+            && text.contains("nimbus_jobs{state=\"cancelled\"} 1"),
+        "{text}"
+    );
+}

@@ -5,14 +5,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use nimbus_core::{
-    Condition, Engine, Error, ItemKey, Job, JobEvent, JobState, Progress, QueueName, Result,
-    TopicName,
+    Condition, Engine, Error, ItemKey, Job, JobEvent, JobState, Order, Page, Progress, QueueName,
+    Result, TopicName,
 };
 
 /// The topic job events go to.
 pub const EVENTS_TOPIC: &str = "events";
 /// The ledger partition of job records.
 const JOBS: &str = "jobs";
+/// The ledger partition of the job counts by state (a counter per state).
+const COUNTS: &str = "jobs#counts";
+/// The item of [`COUNTS`] that says since when the counts are kept.
+const COUNTED_SINCE: &str = "since";
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
@@ -67,11 +71,13 @@ impl JobStore {
         &self.engine
     }
 
-    /// Creates the queues and the topic jobs need (idempotent).
+    /// Creates the queues and the topic jobs need (idempotent), and starts the job counts (once
+    /// per store, counting the jobs it already holds).
     pub async fn prepare(&self, queues: &[&str]) -> Result<()> {
         for q in queues {
             crate::sessions::ensure_queue(&self.engine, &QueueName::new(*q)?).await?;
         }
+        self.count_once().await?;
         self.engine
             .topic
             .create_topic(&TopicName::new(EVENTS_TOPIC)?)
@@ -85,9 +91,8 @@ impl JobStore {
             .ledger
             .put(&record_key(&job.id)?, encode(job)?, Condition::Absent)
             .await?;
-        created
-            .map(drop)
-            .ok_or_else(|| Error::conflict(format!("job {} exists", job.id)))
+        created.ok_or_else(|| Error::conflict(format!("job {} exists", job.id)))?;
+        self.count_move(None, job.state).await
     }
 
     /// A job with its current progress; `NotFound` if there is none.
@@ -111,37 +116,113 @@ impl JobStore {
         Ok(())
     }
 
-    /// Every job, newest first (at most `limit`).
-    pub async fn list(&self, limit: usize) -> Result<Vec<Job>> {
-        let mut jobs = Vec::new();
-        for (id, item) in self
-            .engine
-            .ledger
-            .list(JOBS)
-            .await?
-            .into_iter()
-            .rev()
-            .take(limit)
-        {
+    /// The newest jobs first, at most `limit` (1 to 1,000) after the job `cursor` (the last id
+    /// of the page before); the cursor of the next page when there may be one. Reads one page of
+    /// records, not all of them: job ids are UUIDv7, so their order is their creation order.
+    pub async fn page(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<Job>, Option<String>)> {
+        let page = Page {
+            partition: JOBS,
+            after: cursor,
+            limit,
+            order: Order::Descending,
+        };
+        let items = self.engine.ledger.list_page(page).await?;
+        let next = (items.len() == limit)
+            .then(|| items.last().map(|(id, _)| id.clone()))
+            .flatten();
+        let mut jobs = Vec::with_capacity(items.len());
+        for (id, item) in items {
             let mut job = decode(&id, &item.value)?;
             if !job.state.is_terminal() {
                 self.fill_progress(&mut job).await?;
             }
             jobs.push(job);
         }
-        Ok(jobs)
+        Ok((jobs, next))
     }
 
-    /// Counts of jobs by state.
+    /// The newest jobs, at most `limit`.
+    pub async fn list(&self, limit: usize) -> Result<Vec<Job>> {
+        Ok(self.page(limit, None).await?.0)
+    }
+
+    /// Counts of jobs by state, from counters kept as jobs are created and change state (not
+    /// by reading every record). A store that has jobs from before the counters counts them once.
     pub async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>> {
-        let mut counts = JobState::ALL.map(|s| (s, 0u64));
-        for (id, item) in self.engine.ledger.list(JOBS).await? {
-            let state = decode(&id, &item.value)?.state;
-            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == state) {
+        let ledger = &self.engine.ledger;
+        if ledger
+            .get(&ItemKey::new(COUNTS, COUNTED_SINCE)?)
+            .await?
+            .is_none()
+        {
+            self.count_once().await?;
+        }
+        let kept = ledger.list(COUNTS).await?;
+        Ok(JobState::ALL
+            .iter()
+            .map(|state| {
+                let n = kept
+                    .iter()
+                    .find(|(sort, _)| sort == state.as_str())
+                    .map_or(0, |(_, item)| item.counter.max(0) as u64);
+                (*state, n)
+            })
+            .collect())
+    }
+
+    /// Counts the jobs recorded before counters were kept, once per store (the first caller to
+    /// mark the counts as started does it).
+    async fn count_once(&self) -> Result<()> {
+        let ledger = &self.engine.ledger;
+        let marker = ItemKey::new(COUNTS, COUNTED_SINCE)?;
+        let since = now_ms();
+        if !ledger
+            .put_if_absent(&marker, Bytes::from(since.to_string()))
+            .await?
+        {
+            return Ok(());
+        }
+        let mut counts = JobState::ALL.map(|s| (s, 0i64));
+        for (id, item) in ledger.list(JOBS).await? {
+            let job = decode(&id, &item.value)?;
+            // A job created since the marker was written counted itself.
+            if job.created_ms >= since {
+                continue;
+            }
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == job.state) {
                 c.1 += 1;
             }
         }
-        Ok(counts.to_vec())
+        for (state, n) in counts {
+            if n > 0 {
+                ledger
+                    .add(&ItemKey::new(COUNTS, state.as_str())?, n)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves one job from state `from` (none for a new job) to `to` in the counts.
+    async fn count_move(&self, from: Option<JobState>, to: JobState) -> Result<()> {
+        if from == Some(to) {
+            return Ok(());
+        }
+        if let Some(from) = from {
+            self.engine
+                .ledger
+                .add(&ItemKey::new(COUNTS, from.as_str())?, -1)
+                .await?;
+        }
+        self.engine
+            .ledger
+            .add(&ItemKey::new(COUNTS, to.as_str())?, 1)
+            .await?;
+        Ok(())
     }
 
     /// Changes a job with compare-and-swap, retrying on conflicts. `change` returns false to
@@ -160,6 +241,7 @@ impl JobStore {
                 .await?
                 .ok_or_else(|| Error::not_found(format!("job `{id}` does not exist")))?;
             let mut job = decode(id, &item.value)?;
+            let before = job.state;
             if !change(&mut job) {
                 return Ok((job, false));
             }
@@ -171,6 +253,7 @@ impl JobStore {
                 .await?
                 .is_some()
             {
+                self.count_move(Some(before), job.state).await?;
                 return Ok((job, true));
             }
         }
