@@ -5,6 +5,7 @@ pub mod classify;
 pub mod engine;
 pub mod http;
 pub mod http_report;
+pub mod jobs;
 pub mod raw_sqlite;
 pub mod tasks;
 pub mod video;

@@ -768,6 +768,16 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 60.0)]
         wait: f64,
     },
+    /// The job listing and the job counts on a store of N jobs: by page and counters, beside
+    /// reading every record.
+    Jobs {
+        /// Jobs in the store.
+        #[arg(long, default_value_t = 100_000)]
+        jobs: usize,
+        /// Runs of each figure; the median is shown.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Seed 002's Animoto job: seconds per video for N images (fetched over HTTP from a local
     /// server), split between fetching, normalizing and encoding with ffmpeg.
     Video {

@@ -68,6 +68,7 @@ pub async fn run(_engine: &EngineArgs, cmd: BenchCmd) -> anyhow::Result<()> {
             expect,
             wait,
         } => classify(url, &images, requests, concurrency, expect.as_deref(), wait).await,
+        BenchCmd::Jobs { jobs, runs } => jobs_bench(jobs, runs).await,
         BenchCmd::Video {
             images,
             runs,
@@ -667,5 +668,30 @@ async fn video(
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     print!("{}", nimbus_bench::video::table(&rows));
+    Ok(())
+}
+
+async fn jobs_bench(jobs: usize, runs: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=10_000_000).contains(&jobs) && runs >= 1,
+        "--jobs must be 1 to 10,000,000 and --runs at least 1"
+    );
+    let dir = tempfile::tempdir()?;
+    let engine =
+        nimbus_sqlite::SqliteEngine::open(dir.path().join("bench.db"), Default::default())?
+            .into_engine(dir.path().join("blobs"))?;
+    eprintln!("writing {jobs} job records…");
+    let figures = nimbus_bench::jobs::run(engine, jobs, runs)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    println!(
+        "CPU: {} ({} cores); {jobs} jobs, median of {runs}",
+        nimbus_bench::cpu_model(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!("| what | time |\n| --- | ---: |");
+    for f in figures {
+        println!("| {} | {:.3} ms |", f.what, f.median.as_secs_f64() * 1000.0);
+    }
     Ok(())
 }
