@@ -417,6 +417,11 @@ pub struct WorkerArgs {
     /// Skip the ledger claim: at-least-once instead of effectively-once.
     #[arg(long)]
     pub no_dedup: bool,
+    /// How long a task's ended claim is kept, so that a duplicate of the task is recognised
+    /// within it; the workers sweep older ones (one at a time). After it, the same task id is
+    /// a new task. Keep it above the queues' message retention (SQS's default is 4 days).
+    #[arg(long, value_parser = duration, default_value = "7d")]
+    pub claim_retention: Duration,
     /// Stop (cleanly) when the process that started this worker ends, even by kill -9: what an
     /// autoscaler's local workers do.
     #[arg(long)]

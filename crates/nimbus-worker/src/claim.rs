@@ -6,7 +6,8 @@
 //! ```text
 //!   (absent) --put-if-absent--> Running{owner, lease_until, message_id}
 //!   Running  --owner renews every visibility/2 (compare-and-swap on version)--> Running (later lease)
-//!   Running  --handler succeeded or failed for good (CAS)--> Done{report} | Failed{report}
+//!   Running  --handler succeeded or failed for good (CAS)--> Ended{report, ended_ms}
+//!   Ended, ended_ms past the retention --the one sweeper (CAS delete)--> (absent)
 //!   Running  --handler asked to retry, or shutdown released it (CAS delete)--> (absent)
 //!   Running with lease_until in the past --another worker, CAS--> Running{new owner}  (takeover)
 //! ```
@@ -46,6 +47,10 @@ pub enum Claim {
         message_id: String,
         /// The report sent on the reply queue.
         report: TaskReport,
+        /// Milliseconds since the epoch when the end was recorded (0 in claims from before it
+        /// was kept): the sweep deletes the claim only once this is past the retention.
+        #[serde(default)]
+        ended_ms: i64,
     },
 }
 
@@ -103,6 +108,7 @@ pub fn decide(existing: &Claim, version: u64, message_id: &str, now_ms: i64) -> 
         Claim::Ended {
             message_id: ran,
             report,
+            ..
         } => Decision::AlreadyEnded {
             report: report.clone(),
             resend: ran == message_id,
@@ -162,6 +168,7 @@ mod tests {
         let ended = Claim::Ended {
             message_id: "m1".into(),
             report: report(),
+            ended_ms: now,
         };
         assert_eq!(
             decide(&ended, 4, "m1", now),

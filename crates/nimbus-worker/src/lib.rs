@@ -4,6 +4,7 @@
 
 pub mod claim;
 mod runtime;
+pub mod sweep;
 
 use std::collections::HashMap;
 use std::sync::Arc;

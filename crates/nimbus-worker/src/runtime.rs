@@ -44,6 +44,9 @@ pub struct WorkerConfig {
     pub exit_when_idle: Option<Duration>,
     /// Claim task ids in the ledger so a task id runs once (off: at-least-once only).
     pub dedup: bool,
+    /// How ended claims are swept (one sweeper at a time across all workers); `None`: this
+    /// worker never sweeps.
+    pub sweep: Option<crate::sweep::SweepConfig>,
 }
 
 impl Default for WorkerConfig {
@@ -58,6 +61,7 @@ impl Default for WorkerConfig {
             grace: Duration::from_secs(10),
             exit_when_idle: None,
             dedup: true,
+            sweep: Some(crate::sweep::SweepConfig::default()),
         }
     }
 }
@@ -257,6 +261,15 @@ impl Worker {
         let (done_tx, done_rx) = mpsc::channel::<Completion>(4 * MAX_BATCH);
         let completer = tokio::spawn(complete_loop(shared.clone(), done_rx));
         let reporter = tokio::spawn(report_load(shared.clone(), stop.clone()));
+        let sweeper = match config.sweep {
+            Some(sweep) if config.dedup => Some(tokio::spawn(crate::sweep::run(
+                shared.engine.clone(),
+                config.worker_id.clone(),
+                sweep,
+                stop.clone(),
+            ))),
+            _ => None,
+        };
         let receivers: Vec<_> = config
             .queues
             .iter()
@@ -288,6 +301,11 @@ impl Worker {
         }
         if let Err(e) = completer.await {
             tracing::error!(error = %e, "completer task failed");
+        }
+        if let Some(sweeper) = sweeper {
+            if let Err(e) = sweeper.await {
+                tracing::error!(error = %e, "sweeper task failed");
+            }
         }
         if let Err(e) = reporter.await {
             tracing::error!(error = %e, "load reporter task failed");
@@ -581,6 +599,7 @@ fn start(
         *lock(&shared.last_activity) = Instant::now();
         shared.running.fetch_sub(1, Ordering::Relaxed);
         drop(permit);
+        drop(done);
         if let Some(renewal) = renewal {
             renewal.run().await;
         }
@@ -777,21 +796,30 @@ async fn record(shared: &Shared, batch: Vec<Completion>) -> Result<()> {
         let (claimed, unclaimed): (Vec<_>, Vec<_>) = ended
             .into_iter()
             .partition(|(job, _)| claim_key(&job.task_id).is_ok());
-        let writes = claimed
+        let ended_ms = crate::claim::now_ms();
+        // The sweep's index items first, so no ended claim exists without one (an index item
+        // whose claim write then failed is dropped by the sweep).
+        let mut writes = claimed
             .iter()
-            .map(|(job, report)| {
-                let claim = Claim::Ended {
-                    message_id: job.delivery.message_id.clone(),
-                    report: report.clone(),
-                };
-                Ok((
-                    claim_key(&job.task_id)?,
-                    claim.encode(),
-                    Condition::Version(job.version.unwrap_or(0)),
-                ))
+            .map(|(job, _)| {
+                let key = crate::sweep::index_key(&job.task_id, ended_ms)?;
+                Ok((key, bytes::Bytes::new(), Condition::Always))
             })
             .collect::<Result<Vec<_>>>()?;
+        for (job, report) in &claimed {
+            let claim = Claim::Ended {
+                message_id: job.delivery.message_id.clone(),
+                report: report.clone(),
+                ended_ms,
+            };
+            writes.push((
+                claim_key(&job.task_id)?,
+                claim.encode(),
+                Condition::Version(job.version.unwrap_or(0)),
+            ));
+        }
         let written = shared.engine.ledger.put_batch(writes).await?;
+        let written = written.into_iter().skip(claimed.len());
         ended = unclaimed;
         for (end, ok) in claimed.into_iter().zip(written) {
             match ok {

@@ -617,3 +617,123 @@ async fn a_missing_reply_queue_does_not_hold_back_the_batch() {
     );
     assert_all_acknowledged(&s, "both messages deleted").await;
 }
+
+/// Regression (issue 16): ended task claims were kept forever. With a short retention, two
+/// workers (sharing the sweeper's lease) bring the ledger back to its size; a duplicate of a
+/// task arriving after its claim was swept is a new task and runs again, as designed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_claims_are_swept_after_the_retention_and_the_ledger_returns_to_its_size() {
+    use nimbus_worker::sweep::{self, SweepConfig};
+    let s = setup(QueueOptions::default()).await;
+    let ids: Vec<String> = (0..120).map(|i| format!("swept-{i}")).collect();
+    let batch = ids.iter().map(|id| task(id, "probe", "1")).collect();
+    s.engine.queue.send_batch(&s.work, batch).await.unwrap();
+    let probe = Probe::default();
+    let short = SweepConfig {
+        retention: Duration::from_secs(1),
+        interval: Duration::from_millis(200),
+        per_tick: 50,
+    };
+    let tweak = |c: &mut WorkerConfig| {
+        c.sweep = Some(short);
+        c.exit_when_idle = Some(Duration::from_secs(4));
+    };
+    let (a, b) = tokio::join!(
+        run_worker(&s, "sweeper-a", &probe, tweak),
+        run_worker(&s, "sweeper-b", &probe, tweak)
+    );
+    assert_eq!(a.succeeded + b.succeeded, 120);
+    for id in &ids {
+        let claim = s.engine.ledger.get(&claim_key(id).unwrap()).await.unwrap();
+        assert!(claim.is_none(), "the claim of {id} is swept");
+    }
+    let hour = nimbus_worker::claim::now_ms() / sweep::BUCKET_MS;
+    for bucket in [hour - 1, hour] {
+        let left = s
+            .engine
+            .ledger
+            .list(&format!("claims-ended#{bucket}"))
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "index items left: {left:?}");
+    }
+    // A sweeper that does not hold the lease does nothing.
+    let idle = sweep::sweep_once(&s.engine, "someone-else", &short)
+        .await
+        .unwrap();
+    assert_eq!(idle, sweep::Swept::default());
+    // After the retention, a task id is new again.
+    let runs = probe.runs.load(Ordering::SeqCst);
+    s.engine
+        .queue
+        .send(&s.work, task("swept-0", "probe", "1"))
+        .await
+        .unwrap();
+    run_worker(&s, "late", &probe, |c| c.sweep = None).await;
+    assert_eq!(
+        probe.runs.load(Ordering::SeqCst),
+        runs + 1,
+        "the late duplicate ran"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_is_swept_only_once_its_own_end_is_past_the_retention() {
+    use nimbus_worker::sweep::{self, SweepConfig};
+    let s = setup(QueueOptions::default()).await;
+    let config = SweepConfig {
+        retention: Duration::from_secs(3600),
+        interval: Duration::from_millis(200),
+        per_tick: 100,
+    };
+    // An index item that says "ended 2 hours ago" for a claim that ended just now (a task run
+    // again after an earlier end was lost): the claim stays, the stale index item goes.
+    let now = nimbus_worker::claim::now_ms();
+    let report = TaskReport {
+        task_id: "fresh".into(),
+        session: None,
+        kind: "probe".into(),
+        status: TaskStatus::Succeeded,
+        error: None,
+        duration_ms: 1.0,
+        worker_id: "w".into(),
+        output_bytes: 0,
+        attempt: 1,
+    };
+    let claim = Claim::Ended {
+        message_id: "m".into(),
+        report,
+        ended_ms: now,
+    };
+    let key = claim_key("fresh").unwrap();
+    s.engine
+        .ledger
+        .put(&key, claim.encode(), Condition::Absent)
+        .await
+        .unwrap();
+    let stale = sweep::index_key("fresh", now - 2 * 3_600_000).unwrap();
+    s.engine
+        .ledger
+        .put(&stale, bytes::Bytes::new(), Condition::Always)
+        .await
+        .unwrap();
+    // The cursor starts a bucket before what the first sweep can find due: put it at the stale
+    // item's bucket, as a sweep running since then would have it.
+    let cursor = nimbus_core::ItemKey::new("claims-sweep", "cursor").unwrap();
+    let bucket = (now - 2 * 3_600_000) / sweep::BUCKET_MS;
+    s.engine
+        .ledger
+        .put(
+            &cursor,
+            bytes::Bytes::from(bucket.to_string()),
+            Condition::Absent,
+        )
+        .await
+        .unwrap();
+    let swept = sweep::sweep_once(&s.engine, "me", &config).await.unwrap();
+    assert_eq!((swept.claims, swept.index_items), (0, 1), "{swept:?}");
+    assert!(
+        s.engine.ledger.get(&key).await.unwrap().is_some(),
+        "the fresh end stays"
+    );
+}

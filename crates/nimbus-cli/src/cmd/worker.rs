@@ -34,6 +34,10 @@ pub async fn run(engine: &EngineArgs, args: WorkerArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot work on queue `{q}`"))?;
     }
     anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    anyhow::ensure!(
+        args.claim_retention >= std::time::Duration::from_secs(1),
+        "--claim-retention must be at least 1s"
+    );
     let config = WorkerConfig {
         worker_id: args.worker_id.unwrap_or_else(default_worker_id),
         queues,
@@ -43,6 +47,10 @@ pub async fn run(engine: &EngineArgs, args: WorkerArgs) -> anyhow::Result<()> {
         grace: args.grace,
         exit_when_idle: args.exit_when_idle,
         dedup: !args.no_dedup,
+        sweep: Some(nimbus_worker::sweep::SweepConfig {
+            retention: args.claim_retention,
+            ..Default::default()
+        }),
         ..WorkerConfig::default()
     };
     let classify = args
