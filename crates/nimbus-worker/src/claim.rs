@@ -20,7 +20,8 @@
 //! Every transition is a conditional write, so two workers never both believe they own a task.
 //! The one window left is between a handler's external effect and the `Done` write: a worker
 //! killed inside it has its task run again (at-least-once), as in every queue-based system
-//! without transactional effects; it is as short as one ledger write.
+//! without transactional effects; it lasts as long as the completer takes to record the end (it
+//! batches ends, a few milliseconds under load).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
