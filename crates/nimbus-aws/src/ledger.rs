@@ -14,6 +14,13 @@ use nimbus_core::ledger::check_value;
 use nimbus_core::{Condition, Error, ErrorKind, Item, ItemKey, Ledger, Order, Page, Result};
 
 use crate::error::{malformed, sdk_error};
+
+/// Where the tokens of counter adds are kept (one item each, expiring).
+const ADD_TOKENS: &str = "add-token#";
+/// How long an add's token is kept: longer than any retry of it can come.
+const ADD_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The table's time-to-live attribute (seconds since the epoch).
+pub const TTL_ATTRIBUTE: &str = "expires";
 use crate::Clients;
 
 /// Puts of one batch kept in flight at once.
@@ -244,35 +251,57 @@ impl Ledger for DynamoLedger {
     }
 
     async fn add(&self, key: &ItemKey, delta: i64) -> Result<i64> {
-        let out = self
-            .clients
-            .dynamodb
-            .update_item()
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+        use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
+        // One token per add, written with the add in one transaction: an attempt the SDK sends
+        // again after an ambiguous failure (the write landed, its answer was lost) finds the
+        // token and is cancelled instead of adding twice. Tokens expire after an hour (TTL).
+        let token = uuid::Uuid::now_v7().to_string();
+        let expires = (std::time::SystemTime::now() + ADD_TOKEN_TTL)
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let marker = Put::builder()
+            .table_name(&self.table)
+            .item("pk", AttributeValue::S(format!("{ADD_TOKENS}{token}")))
+            .item("sk", AttributeValue::S("add".into()))
+            .item(TTL_ATTRIBUTE, AttributeValue::N(expires.to_string()))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(|e| Error::internal("cannot build an add token").with_source(e))?;
+        let update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(Self::key(key)))
             .update_expression("SET ver = if_not_exists(ver, :zero) + :one ADD c :delta")
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":delta", n(delta))
-            .return_values(ReturnValue::UpdatedNew)
+            .build()
+            .map_err(|e| Error::internal("cannot build an add").with_source(e))?;
+        let sent = self
+            .clients
+            .dynamodb
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(marker).build())
+            .transact_items(TransactWriteItem::builder().update(update).build())
             .send()
-            .await
-            .map_err(|e| self.error("add to", key, e))?;
-        match number(&out.attributes.unwrap_or_default(), "c") {
-            Some(counter) => Ok(counter),
-            // Adding 0 changes nothing, and some DynamoDB implementations then return nothing;
-            // moto, whose updates are not atomic, can leave it out of an add that raced another.
-            None => match self.get(key).await? {
-                Some(item) => {
-                    if delta != 0 {
-                        tracing::warn!(key = %key, "a ledger add's answer had no counter; read back");
-                    }
-                    Ok(item.counter)
-                }
-                None if delta == 0 => Ok(0),
-                None => Err(malformed(format!("add to ledger item `{key}`"), "counter")),
-            },
+            .await;
+        match sent {
+            Ok(_) => {}
+            // The token is there: an earlier attempt of this very add was applied.
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(TransactWriteItemsError::TransactionCanceledException(c))
+                        if c.cancellation_reasons().first().and_then(|r| r.code()) == Some("ConditionalCheckFailed")
+                ) =>
+            {
+                tracing::info!(key = %key, "a retried ledger add had already been applied; not added again");
+            }
+            Err(e) => return Err(self.error("add to", key, e)),
         }
+        // A transaction answers no values: the counter is read back (strongly consistent), so
+        // it includes this add and possibly others that came after it.
+        Ok(self.get(key).await?.map_or(0, |item| item.counter))
     }
 
     async fn list(&self, partition: &str) -> Result<Vec<(String, Item)>> {

@@ -89,6 +89,7 @@ pub async fn create_table(clients: &Clients) -> Result<Outcome> {
             .table
             .and_then(|t| t.table_status);
         if status == Some(TableStatus::Active) {
+            enable_expiry(clients, &table).await;
             return Ok(outcome);
         }
         if Instant::now() > deadline {
@@ -98,6 +99,28 @@ pub async fn create_table(clients: &Clients) -> Result<Outcome> {
             ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Lets DynamoDB delete expired items (the tokens of counter adds); a table that has it already,
+/// or a service that cannot, only loses the clean-up, which is logged.
+async fn enable_expiry(clients: &Clients, table: &str) {
+    use aws_sdk_dynamodb::types::TimeToLiveSpecification;
+    let spec = TimeToLiveSpecification::builder()
+        .enabled(true)
+        .attribute_name(crate::ledger::TTL_ATTRIBUTE)
+        .build();
+    let Ok(spec) = spec else { return };
+    if let Err(e) = clients
+        .dynamodb
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(spec)
+        .send()
+        .await
+    {
+        let e = sdk_error(format!("enable expiry on table `{table}`"), e);
+        tracing::debug!(error = %e, "time to live not changed (already on, or not supported)");
     }
 }
 
