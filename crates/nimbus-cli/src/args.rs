@@ -461,6 +461,7 @@ pub enum VideoCmd {
     /// line each, for `nimbus tasks submit`: images from a directory (stored in blobs first, so
     /// workers anywhere read them) or a file of URLs (one a line).
     Gen {
+        /// How many video tasks (each one video).
         count: usize,
         /// A directory of images (PNG, JPEG, GIF, BMP, WebP), uploaded to blobs.
         #[arg(long, conflicts_with = "urls", required_unless_present = "urls")]
