@@ -72,6 +72,12 @@ async fn call(
     (status, value)
 }
 
+/// `POST /api/v1/jobs/ID/cancel`.
+async fn cancel(app: &Router, id: &str) -> (StatusCode, Value) {
+    let uri = format!("/api/v1/jobs/{id}/cancel");
+    call(app, "POST", &uri, None, Body::empty()).await
+}
+
 async fn post_json(app: &Router, uri: &str, body: &str) -> (StatusCode, Value) {
     call(app, "POST", uri, Some("application/json"), body.to_string()).await
 }
@@ -388,14 +394,7 @@ async fn two_jobs_at_once_each_stream_only_their_own_events() {
 async fn a_cancelled_job_stops_and_says_so() {
     let p = platform(WebConfig::default(), false).await;
     let id = create(&p.app, 8, 10, 1).await;
-    let (status, v) = call(
-        &p.app,
-        "POST",
-        &format!("/api/v1/jobs/{id}/cancel"),
-        None,
-        Body::empty(),
-    )
-    .await;
+    let (status, v) = cancel(&p.app, &id).await;
     assert_eq!(
         (status, v["state"].as_str()),
         (StatusCode::OK, Some("cancelled"))
@@ -666,15 +665,7 @@ async fn jobs_are_listed_by_pages_and_counted_without_reading_every_record() {
         metrics().await
     );
     let id = create(&p.app, 4, 10, 1).await;
-    let (status, _) = call(
-        &p.app,
-        "POST",
-        &format!("/api/v1/jobs/{id}/cancel"),
-        None,
-        Body::empty(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cancel(&p.app, &id).await.0, StatusCode::OK);
     let text = metrics().await;
     assert!(
         text.contains("nimbus_jobs{state=\"queued\"} 100000")
