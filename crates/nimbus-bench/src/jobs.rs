@@ -16,22 +16,17 @@ pub struct JobsFigure {
     pub median: Duration,
 }
 
-fn median(mut runs: Vec<Duration>) -> Duration {
-    runs.sort_unstable();
-    runs[runs.len() / 2]
-}
-
 async fn timed<F, T>(runs: usize, mut f: impl FnMut() -> F) -> Result<Duration, String>
 where
     F: std::future::Future<Output = nimbus_core::Result<T>>,
 {
-    let mut times = Vec::with_capacity(runs);
+    let mut seconds = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
         let started = Instant::now();
         f().await.map_err(|e| e.to_string())?;
-        times.push(started.elapsed());
+        seconds.push(started.elapsed().as_secs_f64());
     }
-    Ok(median(times))
+    Ok(Duration::from_secs_f64(crate::median(&mut seconds)))
 }
 
 /// Writes `count` job records into `engine` (as a store that has run that many jobs), then

@@ -76,16 +76,8 @@ fn ffmpeg_alone(
                 "-i",
             ])
             .arg(&list)
-            .args([
-                "-vf",
-                "fps=1,format=yuv420p",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "veryfast",
-                "-movflags",
-                "+faststart",
-            ])
+            .args(["-vf", "fps=1,format=yuv420p"])
+            .args(nimbus_workloads::video::encode::H264_OUTPUT)
             .arg(dir.join("alone.mp4"))
             .status()
             .map_err(|e| format!("cannot run {}: {e}", ffmpeg.display()))?;

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::Body;
 
-type Sender = SendRequest<Body>;
+pub(crate) type Sender = SendRequest<Body>;
 
 thread_local! {
     static IDLE: RefCell<HashMap<String, Vec<Sender>>> = RefCell::new(HashMap::new());

@@ -225,6 +225,13 @@ pub(crate) enum Failure {
 /// Sends `request` to `target` over a pooled connection; a request the target never got
 /// because an idle connection had closed meanwhile goes once more on a new connection, whatever
 /// its method (nothing of it was sent).
+/// The connection's sender, or why there is none (a pooled connection always has one).
+fn sender_of(connection: &mut Pooled) -> Result<&mut crate::pool::Sender, Failure> {
+    connection.sender().ok_or(Failure::Connect(ConnectError::Io(
+        std::io::ErrorKind::NotConnected.into(),
+    )))
+}
+
 pub(crate) async fn exchange(
     target: &Target,
     request: Request<Body>,
@@ -236,12 +243,7 @@ pub(crate) async fn exchange(
         limits.pool_idle_per_target,
     )
     .await?;
-    let Some(sender) = connection.sender() else {
-        return Err(Failure::Connect(ConnectError::Io(
-            std::io::ErrorKind::NotConnected.into(),
-        )));
-    };
-    match sender.try_send_request(request).await {
+    match sender_of(&mut connection)?.try_send_request(request).await {
         Ok(response) => Ok((response, connection)),
         Err(mut e) => match e.take_message() {
             Some(request) if connection.reused => {
@@ -252,12 +254,7 @@ pub(crate) async fn exchange(
                     limits.pool_idle_per_target,
                 ))
                 .await?;
-                let Some(sender) = fresh.sender() else {
-                    return Err(Failure::Connect(ConnectError::Io(
-                        std::io::ErrorKind::NotConnected.into(),
-                    )));
-                };
-                let response = sender.send_request(request).await?;
+                let response = sender_of(&mut fresh)?.send_request(request).await?;
                 Ok((response, fresh))
             }
             _ => {

@@ -18,6 +18,16 @@ const COUNTS: &str = "jobs#counts";
 /// The item of [`COUNTS`] that says since when the counts are kept.
 const COUNTED_SINCE: &str = "since";
 
+/// A blob store failure as an engine error: a missing blob is `NotFound`, anything else
+/// `Unavailable` (retried). Every job kind's blob reads and writes go through it.
+pub fn blob_error(e: object_store::Error) -> Error {
+    let kind = match e {
+        object_store::Error::NotFound { .. } => nimbus_core::ErrorKind::NotFound,
+        _ => nimbus_core::ErrorKind::Unavailable,
+    };
+    Error::new(kind, format!("blob store: {e}")).with_source(e)
+}
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()

@@ -88,11 +88,6 @@ pub const VIDEO: JobKind = JobKind {
 /// Every kind.
 pub const ALL: [JobKind; 4] = [ATOMS, CLASSIFY, TASKS, VIDEO];
 
-/// The kind named `name`.
-pub fn by_name(name: &str) -> Option<&'static JobKind> {
-    ALL.iter().find(|k| k.name == name)
-}
-
 /// The names of the kinds `POST /api/v1/jobs` creates, for messages (`atoms, video`).
 pub fn jobs_api_kinds() -> String {
     let names: Vec<&str> = ALL
@@ -195,8 +190,7 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), all.len(), "a queue belongs to one kind");
-        assert!(by_name("atoms").is_some_and(|k| k.tier == Tier::Platform));
-        assert!(by_name("nope").is_none());
+        assert_eq!(queues_of(Tier::Platform), ATOMS.queues);
         assert_eq!(jobs_api_kinds(), "atoms, video");
     }
 }

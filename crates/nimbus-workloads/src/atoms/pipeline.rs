@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::kernel::{self, Atoms, Minimum};
 use super::{generate, slabs, AtomsParams};
-use crate::jobs::{now_ms, JobStore};
+use crate::jobs::{blob_error, job_item as job_key, now_ms, JobStore};
 
 /// The generator's queue and handler kind.
 pub const GENERATE: &str = "atoms-generate";
@@ -44,8 +44,6 @@ struct Partial {
 fn blob(job_id: &str, name: &str) -> BlobPath {
     BlobPath::from(format!("jobs/{job_id}/{name}"))
 }
-
-use crate::jobs::job_item as job_key;
 
 /// An atoms job's result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,14 +82,6 @@ pub async fn start_job(store: &JobStore, job_id: &str, n: u32, count: u32) -> Re
         .send(&QueueName::new(GENERATE)?, message)
         .await
         .map(drop)
-}
-
-fn blob_error(e: object_store::Error) -> Error {
-    let kind = match e {
-        object_store::Error::NotFound { .. } => nimbus_core::ErrorKind::NotFound,
-        _ => nimbus_core::ErrorKind::Unavailable,
-    };
-    Error::new(kind, format!("blob store: {e}")).with_source(e)
 }
 
 /// Maps a step's error to the worker outcome: transient errors retry, others fail the job.

@@ -19,7 +19,7 @@ use serde_json::json;
 
 pub use images::{check_header, ImageError, Prediction};
 
-use crate::jobs::JobStore;
+use crate::jobs::{blob_error, JobStore};
 
 /// The job kind, the requests queue and the handler kind.
 pub const KIND: &str = "classify";
@@ -48,14 +48,6 @@ struct Request {
     index: usize,
     name: String,
     key: String,
-}
-
-fn blob_error(e: object_store::Error) -> Error {
-    Error::new(
-        nimbus_core::ErrorKind::Unavailable,
-        format!("blob store: {e}"),
-    )
-    .with_source(e)
 }
 
 /// Stores the images, creates the job and queues one request per image. The images must have

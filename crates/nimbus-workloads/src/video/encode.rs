@@ -13,6 +13,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::classify::images::{self, ImageError};
 
+/// The encoder and container settings of every video (the benchmark's floor uses them too).
+pub const H264_OUTPUT: [&str; 8] = [
+    "-c:v",
+    "libx264",
+    "-preset",
+    "veryfast",
+    "-movflags",
+    "+faststart",
+    "-f",
+    "mp4",
+];
+
 /// How the video is made from its frames.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Encoding {
@@ -89,22 +101,8 @@ impl Encoding {
             ));
         }
         filters.push("format=yuv420p".into());
-        args.extend(
-            [
-                "-vf",
-                &filters.join(","),
-                "-c:v",
-                "libx264",
-                "-preset",
-                "veryfast",
-                "-movflags",
-                "+faststart",
-                "-f",
-                "mp4",
-            ]
-            .iter()
-            .map(|s| (*s).to_string()),
-        );
+        args.extend(["-vf".to_string(), filters.join(",")]);
+        args.extend(H264_OUTPUT.iter().map(|s| (*s).to_string()));
         args.push(out.display().to_string());
         args
     }

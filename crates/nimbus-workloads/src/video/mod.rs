@@ -25,7 +25,7 @@ use object_store::path::Path as BlobPath;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::JobStore;
+use crate::jobs::{blob_error, JobStore};
 pub use encode::Encoding;
 pub use fetch::{AllowEntry, FetchError, FetchPolicy, Fetcher};
 
@@ -333,14 +333,6 @@ pub struct VideoRunner {
     engine: Engine,
     options: Arc<VideoOptions>,
     fetcher: Fetcher,
-}
-
-fn blob_error(e: object_store::Error) -> Error {
-    let kind = match e {
-        object_store::Error::NotFound { .. } => ErrorKind::NotFound,
-        _ => ErrorKind::Unavailable,
-    };
-    Error::new(kind, format!("blob store: {e}")).with_source(e)
 }
 
 impl VideoRunner {
@@ -771,7 +763,7 @@ async fn watch_for_end(store: JobStore, job_id: String, stop: CancellationToken)
 /// A job's progress as the steps come, published at most every 100 ms; progress only rises, and
 /// a job run again after a crash starts from the stored count, so no unit is counted twice.
 struct Reporter {
-    done: std::sync::Mutex<u64>,
+    /// The units done so far (only rises); the publisher follows it.
     tx: tokio::sync::watch::Sender<u64>,
     publisher: AbortOnDrop,
 }
@@ -779,35 +771,31 @@ struct Reporter {
 impl Reporter {
     fn new(store: JobStore, job_id: &str, stored: u64, total: u64) -> Self {
         let (tx, mut rx) = tokio::sync::watch::channel(stored);
-        let (job_id, seen) = (job_id.to_string(), AtomicU64::new(stored));
+        let job_id = job_id.to_string();
         let publisher = tokio::spawn(async move {
+            let mut published = stored;
             while rx.changed().await.is_ok() {
                 let target = *rx.borrow_and_update();
-                publish_progress(&store, &job_id, &seen, target, total).await;
+                publish_progress(&store, &job_id, &mut published, target, total).await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let target = *rx.borrow();
-            publish_progress(&store, &job_id, &seen, target, total).await;
+            publish_progress(&store, &job_id, &mut published, target, total).await;
         });
         Self {
-            done: std::sync::Mutex::new(stored),
             tx,
             publisher: AbortOnDrop(publisher),
         }
     }
 
     fn at_least(&self, units: u64) {
-        let mut done = self.lock();
-        if units > *done {
-            *done = units;
-            self.tx.send_replace(units);
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
-        self.done
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.tx.send_if_modified(|done| {
+            let rises = units > *done;
+            if rises {
+                *done = units;
+            }
+            rises
+        });
     }
 
     /// Publishes what is left and waits for it (a few seconds at most).
@@ -822,11 +810,11 @@ impl Reporter {
 async fn publish_progress(
     store: &JobStore,
     job_id: &str,
-    published: &AtomicU64,
+    published: &mut u64,
     target: u64,
     total: u64,
 ) {
-    let before = published.load(Ordering::Relaxed);
+    let before = *published;
     if target <= before {
         return;
     }
@@ -837,7 +825,7 @@ async fn publish_progress(
             return;
         }
     };
-    published.store(target, Ordering::Relaxed);
+    *published = target;
     let event = JobEvent::Progress {
         job_id: job_id.to_string(),
         done,
