@@ -121,6 +121,23 @@ impl Supervised {
         }
     }
 
+    /// Kills its whole group at once (as a machine dies) and reaps it: what a chaos test does.
+    pub fn kill_now(&mut self) {
+        self.kill_group();
+        let _ = self.child.wait();
+    }
+
+    /// Stops its whole group (SIGSTOP), as a long pause of the machine would; [`Supervised::resume`]
+    /// lets it go on. Whether the signal was sent.
+    pub fn pause(&self) -> bool {
+        signal(self.pid(), Target::Group, Signal::STOP)
+    }
+
+    /// Lets a paused group go on (SIGCONT).
+    pub fn resume(&self) -> bool {
+        signal(self.pid(), Target::Group, Signal::CONT)
+    }
+
     /// Asks it to stop, waits until `deadline`, then kills its group; returns once it has
     /// ended.
     pub fn stop_by(&mut self, deadline: Instant) {
