@@ -9,7 +9,7 @@
 //!   Running  --handler succeeded or failed for good (CAS)--> Ended{report, ended_ms}
 //!   Ended, ended_ms past the retention --the one sweeper (CAS delete)--> (absent)
 //!   Running  --handler asked to retry, or shutdown released it (CAS delete)--> (absent)
-//!   Running with lease_until in the past --another worker, CAS--> Running{new owner}  (takeover)
+//!   Running with lease_until in the past, still so after a moment --another worker, CAS--> Running{new owner}  (takeover)
 //! ```
 //!
 //! A delivery that finds the claim `Done`/`Failed` is acknowledged without running: if it is
@@ -19,9 +19,12 @@
 //! `Running` claim of another worker is hidden again until that lease ends, and looks again then.
 //! Every transition is a conditional write, so two workers never both believe they own a task.
 //! The one window left is between a handler's external effect and the `Done` write: a worker
-//! killed inside it has its task run again (at-least-once), as in every queue-based system
-//! without transactional effects; it lasts as long as the completer takes to record the end (it
-//! batches ends, a few milliseconds under load).
+//! killed inside it, or stopped inside it past its lease and the takeover's probe (a second look
+//! at the claim a moment later, so that an owner that could not write for a while keeps its
+//! task), has its task run again (at-least-once), as in every queue-based system without
+//! transactional effects. It lasts as long as the completer takes to record the end (it batches
+//! ends, a few milliseconds under load); a completer whose writes fail tries them again rather
+//! than dropping the ends (`nimbus bench chaos` counts how often the window is hit).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -56,8 +59,10 @@ pub enum Claim {
 }
 
 impl Claim {
-    /// A running claim for `owner` leased for `lease`.
-    pub fn running(owner: &str, message_id: &str, lease: Duration) -> Self {
+    /// A running claim for `owner`, whose message is leased for `visibility`: the claim's own
+    /// lease ends a little earlier ([`claim_lease`]).
+    pub fn running(owner: &str, message_id: &str, visibility: Duration) -> Self {
+        let lease = claim_lease(visibility);
         Self::Running {
             owner: owner.to_string(),
             lease_until_ms: now_ms() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
@@ -76,6 +81,20 @@ impl Claim {
             nimbus_core::Error::internal("task claim in the ledger is corrupt").with_source(e)
         })
     }
+}
+
+/// How long a claim's lease lasts when its message is leased for `visibility`: an eighth less
+/// (at least 100 ms less, at most half), renewed with the message every half `visibility`.
+/// When its owner dies, the claim has run out by the time the message is visible again, so the
+/// next delivery takes the task over at once. Were they to end together, that delivery would
+/// find a claim a few milliseconds from its end, hide the message for them and be received once
+/// more: two receives per death instead of one, and a dead-letter queue's `max_receives` used
+/// up twice as fast by tasks that are not poison (the chaos harness found them dead-lettered).
+pub fn claim_lease(visibility: Duration) -> Duration {
+    let margin = (visibility / 8)
+        .max(Duration::from_millis(100))
+        .min(visibility / 2);
+    visibility - margin
 }
 
 /// The ledger key of a task's claim.
@@ -185,6 +204,27 @@ mod tests {
                 resend: false
             }
         );
+    }
+
+    #[test]
+    fn a_claim_lease_ends_before_its_message_lease() {
+        assert_eq!(
+            claim_lease(Duration::from_secs(2)),
+            Duration::from_millis(1750)
+        );
+        assert_eq!(
+            claim_lease(Duration::from_secs(30)),
+            Duration::from_millis(26_250)
+        );
+        assert_eq!(
+            claim_lease(Duration::from_millis(400)),
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            claim_lease(Duration::from_millis(100)),
+            Duration::from_millis(50)
+        );
+        assert_eq!(claim_lease(Duration::ZERO), Duration::ZERO);
     }
 
     #[test]

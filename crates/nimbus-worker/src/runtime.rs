@@ -518,6 +518,15 @@ async fn dispatch(
     }
 }
 
+/// How long a delivery that found its claim's lease over waits, holding the message, before it
+/// takes the task over: longer than the completer's longest pause between tries of recording an
+/// end ([`persist`]), so an owner that is alive (it could not write for a while: a full disk, a
+/// throttled table, a stall) records its end or renews first, and only a dead owner's claim is
+/// taken. Without it the chaos harness saw tasks run twice after a full disk: every write
+/// failed past the lease, and when space came back another worker's takeover beat the owner's
+/// next try at recording the end. At most half the visibility timeout.
+const TAKEOVER_PROBE: Duration = Duration::from_secs(1);
+
 /// A delivery whose task id was already claimed: decide by the claim's state.
 async fn resolve_existing(
     shared: &Arc<Shared>,
@@ -529,31 +538,40 @@ async fn resolve_existing(
         let key = claim_key(&job.task_id)?;
         let ledger = &shared.engine.ledger;
         let queue = &shared.engine.queue;
-        let Some(item) = ledger.get(&key).await? else {
-            // Released meanwhile (a retry or a shutdown): try once more later.
-            return hide(shared, &job, Duration::from_millis(200)).await;
-        };
-        match decide(&Claim::decode(&item.value)?, item.version, &job.delivery.message_id, now_ms()) {
-            Decision::AlreadyEnded { report, resend } => {
-                if resend {
-                    send_reports(shared, &[(&job, report)]).await?;
-                }
-                queue.delete(&job.queue, &job.delivery.receipt).await?;
-                shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(task_id = %job.task_id, resend, "task already ended; acknowledged");
-                Ok(())
-            }
-            Decision::HeldElsewhere(wait) => hide(shared, &job, wait).await,
-            Decision::TakeOver(version) => {
-                let claim = Claim::running(&shared.config.worker_id, &job.delivery.message_id, shared.config.visibility);
-                match ledger.put(&key, claim.encode(), Condition::Version(version)).await? {
-                    Some(v) => {
-                        tracing::info!(task_id = %job.task_id, "took over a task whose owner stopped renewing");
-                        job.version = Some(v);
-                        start(shared, job, permit, done);
-                        Ok(())
+        // The version seen expired at the last look, if it was.
+        let mut expired_at: Option<u64> = None;
+        loop {
+            let Some(item) = ledger.get(&key).await? else {
+                // Released meanwhile (a retry or a shutdown): try once more later.
+                return hide(shared, &job, Duration::from_millis(200)).await;
+            };
+            match decide(&Claim::decode(&item.value)?, item.version, &job.delivery.message_id, now_ms()) {
+                Decision::AlreadyEnded { report, resend } => {
+                    if resend {
+                        send_reports(shared, &[(&job, report)]).await?;
                     }
-                    None => hide(shared, &job, Duration::from_secs(1)).await,
+                    queue.delete(&job.queue, &job.delivery.receipt).await?;
+                    shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(task_id = %job.task_id, resend, "task already ended; acknowledged");
+                    return Ok(());
+                }
+                Decision::HeldElsewhere(wait) => return hide(shared, &job, wait).await,
+                Decision::TakeOver(version) if expired_at != Some(version) => {
+                    // The message stays ours meanwhile: the probe is shorter than its lease.
+                    expired_at = Some(version);
+                    tokio::time::sleep(TAKEOVER_PROBE.min(shared.config.visibility / 2)).await;
+                }
+                Decision::TakeOver(version) => {
+                    let claim = Claim::running(&shared.config.worker_id, &job.delivery.message_id, shared.config.visibility);
+                    return match ledger.put(&key, claim.encode(), Condition::Version(version)).await? {
+                        Some(v) => {
+                            tracing::info!(task_id = %job.task_id, "took over a task whose owner stopped renewing");
+                            job.version = Some(v);
+                            start(shared, job, permit, done);
+                            Ok(())
+                        }
+                        None => hide(shared, &job, Duration::from_secs(1)).await,
+                    };
                 }
             }
         }
@@ -818,7 +836,10 @@ async fn record(shared: &Shared, batch: Vec<Completion>) -> Result<()> {
                 Condition::Version(job.version.unwrap_or(0)),
             ));
         }
-        let written = shared.engine.ledger.put_batch(writes).await?;
+        let written = persist(shared, "recording task ends", || {
+            shared.engine.ledger.put_batch(writes.clone())
+        })
+        .await?;
         let written = written.into_iter().skip(claimed.len());
         ended = unclaimed;
         for (end, ok) in claimed.into_iter().zip(written) {
@@ -831,7 +852,10 @@ async fn record(shared: &Shared, batch: Vec<Completion>) -> Result<()> {
         }
     }
     let refs: Vec<(&Job, TaskReport)> = ended.iter().map(|(j, r)| (j, r.clone())).collect();
-    send_reports(shared, &refs).await?;
+    persist(shared, "sending task reports", || {
+        send_reports(shared, &refs)
+    })
+    .await?;
     let mut by_queue: BTreeMap<&QueueName, Vec<_>> = BTreeMap::new();
     for (job, report) in &ended {
         by_queue
@@ -849,10 +873,44 @@ async fn record(shared: &Shared, batch: Vec<Completion>) -> Result<()> {
     }
     for (queue, receipts) in by_queue {
         for chunk in receipts.chunks(MAX_BATCH) {
-            shared.engine.queue.delete_batch(queue, chunk).await?;
+            persist(shared, "acknowledging ended tasks", || {
+                shared.engine.queue.delete_batch(queue, chunk)
+            })
+            .await?;
         }
     }
     Ok(())
+}
+
+/// Runs `op` until it succeeds, fails for good, or the worker gives its tasks up (the grace
+/// period after a shutdown is over). A task's end must outlast an engine that is unavailable
+/// for a while (a full disk, a throttled table): dropped, the end would be lost with the claim's
+/// lease and the task run a second time (the chaos harness saw it, under a full disk). Each
+/// step of recording ends can be repeated: a claim already ended by the first try is left as it
+/// is (its redelivery re-sends the report), a report sent twice is stored once, a message
+/// deleted twice is deleted.
+async fn persist<T, F, Fut>(shared: &Shared, what: &str, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    const FIRST: Duration = Duration::from_millis(50);
+    let mut pause = FIRST;
+    loop {
+        match op().await {
+            Err(e) if e.is_retryable() && !shared.abandon.is_cancelled() => {
+                if pause == FIRST {
+                    tracing::warn!(error = %e, "{what} failed; trying again until it works");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = shared.abandon.cancelled() => return Err(e),
+                }
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Sends each report to its task's `reply_to` queue, batched per queue.

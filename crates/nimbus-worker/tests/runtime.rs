@@ -568,6 +568,150 @@ async fn a_task_whose_owner_died_is_taken_over() {
     );
 }
 
+/// A worker that died mid-task, as the chaos harness kills them: it had received the message
+/// (leased for the visibility timeout) and written its claim a moment later. The next delivery,
+/// once the lease is over, takes the task over at once: the claim ran out before the message
+/// came back, so the task is not hidden for the claim's last milliseconds and received again,
+/// which would use up a dead-letter queue's receives twice as fast as deaths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_owners_task_is_taken_over_by_the_next_delivery() {
+    let s = setup(QueueOptions::default()).await;
+    s.engine
+        .queue
+        .send(&s.work, task("died-mid-task", "probe", "0"))
+        .await
+        .unwrap();
+    let visibility = config(&s, "w").visibility;
+    let got = s
+        .engine
+        .queue
+        .receive(&s.work, ReceiveRequest::new(1).visibility(visibility))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dead_owner = Claim::running("dead-worker", &got[0].message_id, visibility);
+    s.engine
+        .ledger
+        .put(
+            &claim_key("died-mid-task").unwrap(),
+            dead_owner.encode(),
+            Condition::Absent,
+        )
+        .await
+        .unwrap();
+    let probe = Probe::default();
+    let stats = run_worker(&s, "w1", &probe, |c| {
+        c.exit_when_idle = Some(visibility + Duration::from_secs(2));
+    })
+    .await;
+    assert_eq!((stats.succeeded, probe.runs.load(Ordering::SeqCst)), (1, 1));
+    assert_eq!(
+        reports(&s).await[0].attempt,
+        2,
+        "taken over on the first delivery after the dead owner's"
+    );
+}
+
+/// An owner alive but unable to write past its lease (a full disk): its message came back and
+/// another worker received it while the claim's lease was over. That worker waits a moment
+/// before taking over, and the owner, recording the end within it, keeps the task: it ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_records_its_end_late_keeps_the_task() {
+    let s = setup(QueueOptions::default()).await;
+    s.engine
+        .queue
+        .send(&s.work, task("late-end", "probe", "0"))
+        .await
+        .unwrap();
+    let got = s
+        .engine
+        .queue
+        .receive(
+            &s.work,
+            ReceiveRequest::new(1).visibility(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    let message_id = got[0].message_id.clone();
+    let key = claim_key("late-end").unwrap();
+    let lapsed = Claim::running("slow-owner", &message_id, Duration::ZERO);
+    let version = s
+        .engine
+        .ledger
+        .put(&key, lapsed.encode(), Condition::Absent)
+        .await
+        .unwrap()
+        .unwrap();
+    s.engine
+        .queue
+        .change_visibility(&s.work, &got[0].receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    let probe = Probe::default();
+    let worker = {
+        let (engine, probe) = (s.engine.clone(), probe.clone());
+        let mut cfg = config(&s, "w2");
+        cfg.exit_when_idle = Some(Duration::from_secs(2));
+        tokio::spawn(async move {
+            Worker::new(engine, Handlers::default().with("probe", probe), cfg)
+                .run(CancellationToken::new())
+                .await
+                .unwrap()
+        })
+    };
+    // Once the second worker holds the message, the owner records the end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while s.engine.queue.depth(&s.work).await.unwrap().in_flight == 0
+        && probe.runs.load(Ordering::SeqCst) == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never received the task"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let report = TaskReport {
+        task_id: "late-end".into(),
+        session: None,
+        kind: "probe".into(),
+        status: TaskStatus::Succeeded,
+        error: None,
+        duration_ms: 1.0,
+        worker_id: "slow-owner".into(),
+        output_bytes: 0,
+        attempt: 1,
+    };
+    let ended = Claim::Ended {
+        message_id,
+        report,
+        ended_ms: nimbus_worker::claim::now_ms(),
+    };
+    let recorded = s
+        .engine
+        .ledger
+        .put(&key, ended.encode(), Condition::Version(version))
+        .await
+        .unwrap();
+    assert!(
+        recorded.is_some(),
+        "the owner's end was recorded on its own claim"
+    );
+    let stats = worker.await.unwrap();
+    assert_eq!(
+        probe.runs.load(Ordering::SeqCst),
+        0,
+        "the task did not run again"
+    );
+    assert_eq!((stats.succeeded, stats.duplicates), (0, 1));
+    assert_eq!(
+        reports(&s).await.len(),
+        1,
+        "the owner's report, sent once more"
+    );
+    assert_all_acknowledged(&s, "the late-end task").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_queue_does_not_starve_a_busy_one() {
     let s = setup(QueueOptions::default()).await;
