@@ -1,6 +1,7 @@
 //! nimbus's load generators and experiment runners, and the figures they report.
 
 pub mod atoms;
+pub mod chaos;
 pub mod classify;
 pub mod engine;
 pub mod http;

@@ -828,6 +828,91 @@ pub enum BenchCmd {
         #[arg(long)]
         celery: bool,
     },
+    /// A chaos run: `nimbus web` and worker processes under a mixed workload (shell tasks with
+    /// counted effects, atoms jobs, classify requests) while workers, the web tier or everything
+    /// are killed with -9, workers paused past their lease, and the disk filled; then every
+    /// accepted task and job is checked (nothing lost, nothing doubled outside the documented
+    /// window, right results, queues empty). Runs on a fresh embedded store of its own, or on
+    /// the AWS deployment named by an aws:// --engine (after `nimbus aws up`). Fails when a
+    /// check fails; the seed it prints replays the same faults.
+    Chaos(ChaosArgs),
+}
+
+/// `nimbus bench chaos`.
+#[derive(Debug, Clone, Args)]
+pub struct ChaosArgs {
+    /// The seed of every random choice (default: a random one, printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Seconds of faults (the drain comes after).
+    #[arg(long, default_value_t = 90, conflicts_with = "minutes")]
+    pub seconds: u64,
+    /// Minutes of faults, for a long run.
+    #[arg(long)]
+    pub minutes: Option<u64>,
+    /// Worker processes.
+    #[arg(long, default_value_t = 3)]
+    pub workers: usize,
+    /// Slots per worker.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// The workers' lease (a paused worker is held past it).
+    #[arg(long, value_parser = duration, default_value = "2s")]
+    pub visibility: Duration,
+    /// Mean time between faults.
+    #[arg(long, value_parser = duration, default_value = "3s")]
+    pub fault_every: Duration,
+    /// Mean time between task sessions.
+    #[arg(long, value_parser = duration, default_value = "500ms")]
+    pub session_every: Duration,
+    /// Most tasks per session.
+    #[arg(long, default_value_t = 40)]
+    pub session_tasks: usize,
+    /// Mean time between atoms jobs (0s: none).
+    #[arg(long, value_parser = duration, default_value = "4s")]
+    pub atoms_every: Duration,
+    /// Mean time between classify requests (0s: none).
+    #[arg(long, value_parser = duration, default_value = "3s")]
+    pub classify_every: Duration,
+    /// Poison tasks: each kills its worker on every receive until it is dead-lettered.
+    #[arg(long, default_value_t = 1)]
+    pub poison: usize,
+    /// Receives before a task is dead-lettered (of a task queue the harness creates). At a fault
+    /// every 3 s on three workers, a task that is not poison is received 5 times now and then
+    /// (every delivery cut short by a kill or a pause); at 10 that no longer happens.
+    #[arg(long, default_value_t = 10)]
+    pub max_receives: u32,
+    /// How close to a kill, pause or death of its worker a repeated effect must be to count as
+    /// inside the documented window.
+    #[arg(long, value_parser = duration, default_value = "1s")]
+    pub window: Duration,
+    /// How long the accepted work may take to finish after the faults stop.
+    #[arg(long, value_parser = duration, default_value = "3m")]
+    pub drain: Duration,
+    /// No disk-full faults (they need root, for a size-limited tmpfs under the engine).
+    #[arg(long)]
+    pub no_disk_full: bool,
+    /// The size of that tmpfs, in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub disk_mib: u64,
+    /// Images to classify (default: three of python3-skimage's sample photos; none found: no
+    /// classify requests).
+    #[arg(long = "image")]
+    pub images: Vec<PathBuf>,
+    /// No classify requests.
+    #[arg(long)]
+    pub no_classify: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Keep the run's files (logs, the store) here instead of a temporary directory.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also print the run as a row of docs/benchmarks.md's long-run table.
+    #[arg(long)]
+    pub markdown: bool,
 }
 
 /// `nimbus bench http`.

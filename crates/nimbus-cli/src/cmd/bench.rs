@@ -13,9 +13,10 @@ use nimbus_sqlite::{SqliteEngine, SqliteOptions};
 
 use crate::args::{BenchCmd, BenchHttpArgs, EngineArgs};
 
-pub async fn run(_engine: &EngineArgs, cmd: BenchCmd) -> anyhow::Result<()> {
+pub async fn run(engine_args: &EngineArgs, cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Http(a) => http(a).await,
+        BenchCmd::Chaos(a) => crate::cmd::chaos::run(engine_args, a).await,
         BenchCmd::Engine {
             messages,
             payload,

@@ -4,6 +4,7 @@ pub mod autoscale;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod bench;
+pub mod chaos;
 pub mod cluster;
 pub mod lb;
 pub mod ledger;

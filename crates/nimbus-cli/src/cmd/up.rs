@@ -112,7 +112,7 @@ fn queue_safe(name: &str) -> String {
 }
 
 /// The image model for the app tier's workers, or why image recognition is off.
-fn model_for_workers(model: &ModelArgs) -> Result<Vec<String>, String> {
+pub(crate) fn model_for_workers(model: &ModelArgs) -> Result<Vec<String>, String> {
     if !cfg!(feature = "classify") {
         return Err(
             "this nimbus was built without image classification (cargo feature `classify`)".into(),

@@ -2,6 +2,8 @@
 //! with a JSON answer, and waiting until a process catches a signal.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod chaos;
+
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,70 @@
+//! The chaos harness's second profile in the test command: `nimbus bench chaos` on the AWS
+//! engine against a moto server (shorter and slower than the embedded one: moto is slow). A
+//! binary of its own, so that it never runs beside the embedded profile on the same cores.
+#![cfg(feature = "aws")]
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use common::chaos::{assert_held, chaos};
+
+mod common;
+
+#[test]
+fn chaos_on_the_aws_engine_against_moto_loses_and_doubles_nothing() {
+    let moto =
+        nimbus_aws::moto::MotoServer::start().expect("moto_server (./scripts/test.sh installs it)");
+    let nimbus = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_nimbus"));
+        c.arg("--engine")
+            .arg(format!(
+                "aws://?region=us-east-1&endpoint={}&prefix=chaos-",
+                moto.endpoint()
+            ))
+            .args(["--blobs", "s3://chaos-blobs/run"])
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        c
+    };
+    let up = nimbus()
+        .args(["aws", "up", "--max-receives", "10"])
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    // moto is slow: fewer workers, less work, faults less often, no classify requests, a longer
+    // lease (a renewal through a loaded moto can take longer than a second) and a wider window
+    // (a worker there takes up to about two seconds from a task's effect to its recorded end).
+    let report = chaos(
+        &mut nimbus(),
+        &[
+            "--seconds",
+            "40",
+            "--workers",
+            "2",
+            "--session-every",
+            "1s",
+            "--session-tasks",
+            "12",
+            "--atoms-every",
+            "8s",
+            "--no-classify",
+            "--fault-every",
+            "4s",
+            "--visibility",
+            "5s",
+            "--window",
+            "3s",
+        ],
+    );
+    assert_held(&report, 50);
+    assert_eq!(
+        report["faults"].as_object().unwrap().len(),
+        4,
+        "every kind but a full disk: {report}"
+    );
+}
