@@ -483,6 +483,19 @@ pub async fn run(setup: Setup, options: ChaosOptions) -> Result<Report, ChaosErr
         &effects.snapshot(),
         &fleet.disturbances,
     );
+    let samples: String = fleet
+        .memory
+        .iter()
+        .map(|m| {
+            format!(
+                "{:.1}\t{}\t{}\t{}\n",
+                m.at_s, m.role, m.incarnation, m.rss_kib
+            )
+        })
+        .collect();
+    if let Err(e) = std::fs::write(setup.dir.join("memory.tsv"), samples) {
+        tracing::warn!(error = %e, "cannot write the memory samples");
+    }
     Ok(Report {
         seed: options.seed,
         cpu: crate::cpu_model(),
