@@ -15,7 +15,7 @@ fn a_minute_of_chaos_on_the_embedded_engine_loses_and_doubles_nothing() {
         &mut Command::new(env!("CARGO_BIN_EXE_nimbus")),
         &["--seconds", "60", "--workers", "3"],
     );
-    assert_held(&report, 500);
+    assert_held(&report, 500, 8);
     assert!(report["classify_jobs"].as_u64().unwrap() >= 1, "{report}");
     let kinds = if is_root() { 5 } else { 4 };
     assert_eq!(

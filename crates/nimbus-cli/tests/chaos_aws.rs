@@ -61,7 +61,7 @@ fn chaos_on_the_aws_engine_against_moto_loses_and_doubles_nothing() {
             "3s",
         ],
     );
-    assert_held(&report, 50);
+    assert_held(&report, 50, 4);
     assert_eq!(
         report["faults"].as_object().unwrap().len(),
         4,
