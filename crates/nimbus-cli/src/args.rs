@@ -422,6 +422,10 @@ pub struct WorkerArgs {
     /// a new task. Keep it above the queues' message retention (SQS's default is 4 days).
     #[arg(long, value_parser = duration, default_value = "7d")]
     pub claim_retention: Duration,
+    /// A task whose worker ended while running it this many times (each time running alone)
+    /// fails for good with a report that says so: it may be what kills its workers.
+    #[arg(long, default_value_t = nimbus_worker::DEFAULT_MAX_CRASHES, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_crashes: u32,
     /// Stop (cleanly) when the process that started this worker ends, even by kill -9: what an
     /// autoscaler's local workers do.
     #[arg(long)]
@@ -874,7 +878,8 @@ pub struct ChaosArgs {
     /// Mean time between classify requests (0s: none).
     #[arg(long, value_parser = duration, default_value = "3s")]
     pub classify_every: Duration,
-    /// Poison tasks: each kills its worker on every receive until it is dead-lettered.
+    /// Poison tasks: each kills its worker on every run until the workers fail it for good
+    /// (after 3 crashes, `nimbus worker --max-crashes`).
     #[arg(long, default_value_t = 1)]
     pub poison: usize,
     /// Receives before a task is dead-lettered (of a task queue the harness creates). At a fault

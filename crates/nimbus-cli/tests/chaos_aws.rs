@@ -39,7 +39,7 @@ fn chaos_on_the_aws_engine_against_moto_loses_and_doubles_nothing() {
     // moto is slow: fewer workers, less work, faults less often, no classify requests, a longer
     // lease (a renewal through a loaded moto can take longer than a second) and a wider window
     // (a worker there takes up to about two seconds from a task's effect to its recorded end);
-    // no poison task, as in chaos.rs.
+    // one poison task, as in chaos.rs.
     let report = chaos(
         &mut nimbus(),
         &[
@@ -60,8 +60,6 @@ fn chaos_on_the_aws_engine_against_moto_loses_and_doubles_nothing() {
             "5s",
             "--window",
             "3s",
-            "--poison",
-            "0",
         ],
     );
     assert_held(&report, 50, 4);

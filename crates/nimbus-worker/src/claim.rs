@@ -4,13 +4,24 @@
 //! One ledger item per task id (`task#<id>` / `claim`) moves through these states:
 //!
 //! ```text
-//!   (absent) --put-if-absent--> Running{owner, lease_until, message_id}
+//!   (absent) --put-if-absent--> Running{owner, lease_until, message_id, tries}
 //!   Running  --owner renews every visibility/2 (compare-and-swap on version)--> Running (later lease)
 //!   Running  --handler succeeded or failed for good (CAS)--> Ended{report, ended_ms}
 //!   Ended, ended_ms past the retention --the one sweeper (CAS delete)--> (absent)
-//!   Running  --handler asked to retry, or shutdown released it (CAS delete)--> (absent)
-//!   Running with lease_until in the past, still so after a moment --another worker, CAS--> Running{new owner}  (takeover)
+//!   Running  --handler asked to retry (retries + 1), or shutdown released it (CAS)--> Waiting{tries}
+//!   Waiting  --the next delivery (CAS)--> Running{tries}
+//!   Running with lease_until in the past, still so after a moment --another worker, alone, CAS--> Running{new owner, crashes + 1}  (takeover)
+//!   Running with `max_crashes` crashes, in the past --another worker (CAS)--> Ended{failed: a poison task}
 //! ```
+//!
+//! The claim counts a task's tries ([`Tries`]) rather than the queue's receive count, which
+//! also counts deliveries that found the task busy elsewhere and deliveries that died beside
+//! another task. A takeover (its owner stopped renewing: it died, or stopped past its lease)
+//! runs alone on its worker: the worker waits until nothing else runs and receives nothing
+//! meanwhile, so a task that kills its worker kills no other task with it, and only its own
+//! crash count grows. After `max_crashes` crashes it fails for good with a report that says so,
+//! instead of killing workers until the queue dead-letters it with every task that shared its
+//! worker (the chaos harness found those dead-lettered beside it).
 //!
 //! A delivery that finds the claim `Done`/`Failed` is acknowledged without running: if it is
 //! the same message that ran (the owner died after recording the end but before deleting the
@@ -32,6 +43,17 @@ use bytes::Bytes;
 use nimbus_core::{ItemKey, Result, TaskReport};
 use serde::{Deserialize, Serialize};
 
+/// How often a task ran before, as its claim counts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tries {
+    /// Runs whose handler asked to be retried (the backoff doubles with each).
+    #[serde(default)]
+    pub retries: u32,
+    /// Runs cut off by their worker's end: taken over after the owner stopped renewing.
+    #[serde(default)]
+    pub crashes: u32,
+}
+
 /// A claim's stored state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -44,6 +66,15 @@ pub enum Claim {
         lease_until_ms: i64,
         /// The message whose delivery is running it.
         message_id: String,
+        /// Its tries before this run.
+        #[serde(default)]
+        tries: Tries,
+    },
+    /// Not running: asked to be retried, or given back at a shutdown; the next delivery
+    /// resumes it at once, with these tries.
+    Waiting {
+        /// Its tries so far.
+        tries: Tries,
     },
     /// The task ended; the report says how.
     Ended {
@@ -61,12 +92,13 @@ pub enum Claim {
 impl Claim {
     /// A running claim for `owner`, whose message is leased for `visibility`: the claim's own
     /// lease ends a little earlier ([`claim_lease`]).
-    pub fn running(owner: &str, message_id: &str, visibility: Duration) -> Self {
+    pub fn running(owner: &str, message_id: &str, visibility: Duration, tries: Tries) -> Self {
         let lease = claim_lease(visibility);
         Self::Running {
             owner: owner.to_string(),
             lease_until_ms: now_ms() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
             message_id: message_id.to_string(),
+            tries,
         }
     }
 
@@ -118,8 +150,11 @@ pub enum Decision {
     },
     /// Another worker holds a live lease: hide the message this long, then look again.
     HeldElsewhere(Duration),
-    /// The owner's lease ran out: take the task over with a compare-and-swap at this version.
-    TakeOver(u64),
+    /// The owner's lease ran out: take the task over with a compare-and-swap at this version;
+    /// its tries before the run that was cut off.
+    TakeOver(u64, Tries),
+    /// The task waits for its next run: resume it at this version with these tries.
+    Resume(u64, Tries),
 }
 
 /// Decides what a delivery of `message_id` does about an existing claim at `version`.
@@ -137,7 +172,8 @@ pub fn decide(existing: &Claim, version: u64, message_id: &str, now_ms: i64) -> 
             let left = u64::try_from(lease_until_ms - now_ms).unwrap_or(0);
             Decision::HeldElsewhere(Duration::from_millis(left + 100))
         }
-        Claim::Running { .. } => Decision::TakeOver(version),
+        Claim::Running { tries, .. } => Decision::TakeOver(version, *tries),
+        Claim::Waiting { tries } => Decision::Resume(version, *tries),
     }
 }
 
@@ -174,17 +210,25 @@ mod tests {
             owner: "a".into(),
             lease_until_ms: now + 5_000,
             message_id: "m1".into(),
+            tries: Tries::default(),
         };
         assert_eq!(
             decide(&live, 3, "m1", now),
             Decision::HeldElsewhere(Duration::from_millis(5_100))
         );
+        let tries = Tries {
+            retries: 1,
+            crashes: 2,
+        };
         let dead = Claim::Running {
             owner: "a".into(),
             lease_until_ms: now - 1,
             message_id: "m1".into(),
+            tries,
         };
-        assert_eq!(decide(&dead, 3, "m1", now), Decision::TakeOver(3));
+        assert_eq!(decide(&dead, 3, "m1", now), Decision::TakeOver(3, tries));
+        let waiting = Claim::Waiting { tries };
+        assert_eq!(decide(&waiting, 5, "m2", now), Decision::Resume(5, tries));
         let ended = Claim::Ended {
             message_id: "m1".into(),
             report: report(),
@@ -229,8 +273,13 @@ mod tests {
 
     #[test]
     fn claims_round_trip_and_corruption_is_an_error() {
-        let c = Claim::running("w", "m", Duration::from_secs(30));
+        let c = Claim::running("w", "m", Duration::from_secs(30), Tries::default());
         assert_eq!(Claim::decode(&c.encode()).unwrap(), c);
+        // Claims written before tries were counted read as none.
+        let old = br#"{"state":"running","owner":"w","lease_until_ms":5,"message_id":"m"}"#;
+        assert!(
+            matches!(Claim::decode(old).unwrap(), Claim::Running { tries, .. } if tries == Tries::default())
+        );
         assert!(Claim::decode(b"{").is_err());
     }
 }

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use nimbus_core::{Delivery, Engine, QueueName};
 use tokio_util::sync::CancellationToken;
 
-pub use runtime::{Worker, WorkerConfig, WorkerStats};
+pub use runtime::{Worker, WorkerConfig, WorkerStats, DEFAULT_MAX_CRASHES};
 
 /// How a handler's run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub enum Outcome {
         /// The size of what the task produced (its output lives where the handler put it).
         output_bytes: u64,
     },
-    /// A transient failure: the message comes back after `delay`, doubled on each receive.
+    /// A transient failure: the message comes back after `delay`, doubled on each retry.
     RetryAfter {
         /// The base delay.
         delay: Duration,

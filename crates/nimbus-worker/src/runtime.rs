@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::claim::{claim_key, decide, now_ms, Claim, Decision};
+use crate::claim::{claim_key, decide, now_ms, Claim, Decision, Tries};
 use crate::{Handlers, Outcome, TaskContext};
 
 /// How a worker runs.
@@ -47,6 +47,9 @@ pub struct WorkerConfig {
     /// How ended claims are swept (one sweeper at a time across all workers); `None`: this
     /// worker never sweeps.
     pub sweep: Option<crate::sweep::SweepConfig>,
+    /// A task whose worker ended while running it this many times fails for good instead of
+    /// running again (it may be what kills its workers). With dedup only: the claim counts.
+    pub max_crashes: u32,
 }
 
 impl Default for WorkerConfig {
@@ -62,9 +65,14 @@ impl Default for WorkerConfig {
             exit_when_idle: None,
             dedup: true,
             sweep: Some(crate::sweep::SweepConfig::default()),
+            max_crashes: DEFAULT_MAX_CRASHES,
         }
     }
 }
+
+/// How many crashes of its workers a task is allowed by default (as Sidekiq's poison-pill
+/// detection allows): one crash is a fault, three in a row running alone is the task.
+pub const DEFAULT_MAX_CRASHES: u32 = 3;
 
 /// What a worker did, counted when it stops.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -128,6 +136,11 @@ struct Job {
     kind: String,
     /// The claim's version while this worker owns it (None without dedup).
     version: Option<u64>,
+    /// Its tries before this run, as the claim counts them.
+    tries: Tries,
+    /// Another delivery of the message holds it now, so its visibility can no longer be
+    /// extended; the claim, still ours, decides who runs the task.
+    receipt_stale: bool,
 }
 
 /// A finished run waiting to be recorded.
@@ -440,6 +453,8 @@ fn job_of(queue: &QueueName, delivery: Delivery) -> Job {
         queue: queue.clone(),
         delivery,
         version: None,
+        tries: Tries::default(),
+        receipt_stale: false,
     }
 }
 
@@ -470,15 +485,7 @@ async fn dispatch(
             job.task_id.len(),
             crate::claim::MAX_TASK_ID_BYTES
         );
-        let failed = Completion {
-            job,
-            outcome: Outcome::Failed(reason),
-            duration: Duration::ZERO,
-            keeper: None,
-        };
-        if done.send(failed).await.is_err() {
-            tracing::error!("completer is gone; the task will be redelivered");
-        }
+        fail_at_once(done, job, reason).await;
     }
     let (jobs, permits): (Vec<Job>, Vec<_>) = jobs.into_iter().unzip();
     let claims = jobs
@@ -488,6 +495,7 @@ async fn dispatch(
                 &shared.config.worker_id,
                 &j.delivery.message_id,
                 shared.config.visibility,
+                Tries::default(),
             );
             Ok((claim_key(&j.task_id)?, claim.encode(), Condition::Absent))
         })
@@ -527,6 +535,20 @@ async fn dispatch(
 /// next try at recording the end. At most half the visibility timeout.
 const TAKEOVER_PROBE: Duration = Duration::from_secs(1);
 
+/// Hands a task that cannot run to the completer as failed (its claim, if any, at
+/// `job.version`), without a lease keeper: its end is recorded at once.
+async fn fail_at_once(done: &mpsc::Sender<Completion>, job: Job, reason: String) {
+    let failed = Completion {
+        job,
+        outcome: Outcome::Failed(reason),
+        duration: Duration::ZERO,
+        keeper: None,
+    };
+    if done.send(failed).await.is_err() {
+        tracing::error!("completer is gone; the task will be redelivered");
+    }
+}
+
 /// A delivery whose task id was already claimed: decide by the claim's state.
 async fn resolve_existing(
     shared: &Arc<Shared>,
@@ -556,22 +578,35 @@ async fn resolve_existing(
                     return Ok(());
                 }
                 Decision::HeldElsewhere(wait) => return hide(shared, &job, wait).await,
-                Decision::TakeOver(version) if expired_at != Some(version) => {
+                Decision::TakeOver(version, _) if expired_at != Some(version) => {
                     // The message stays ours meanwhile: the probe is shorter than its lease.
                     expired_at = Some(version);
                     tokio::time::sleep(TAKEOVER_PROBE.min(shared.config.visibility / 2)).await;
                 }
-                Decision::TakeOver(version) => {
-                    let claim = Claim::running(&shared.config.worker_id, &job.delivery.message_id, shared.config.visibility);
-                    return match ledger.put(&key, claim.encode(), Condition::Version(version)).await? {
-                        Some(v) => {
-                            tracing::info!(task_id = %job.task_id, "took over a task whose owner stopped renewing");
-                            job.version = Some(v);
-                            start(shared, job, permit, done);
-                            Ok(())
-                        }
-                        None => hide(shared, &job, Duration::from_secs(1)).await,
+                Decision::TakeOver(version, tries) => {
+                    let tries = Tries { crashes: tries.crashes + 1, ..tries };
+                    if tries.crashes >= shared.config.max_crashes {
+                        let reason = format!(
+                            "its worker ended while running it {} times (the task may be what kills it); not run again",
+                            tries.crashes
+                        );
+                        tracing::warn!(task_id = %job.task_id, crashes = tries.crashes, "a task that may kill its workers fails for good");
+                        job.version = Some(version);
+                        job.tries = tries;
+                        fail_at_once(done, job, reason).await;
+                        return Ok(());
+                    }
+                    // Its slot is given up while it waits for all of them, so two takeovers
+                    // waiting on one worker cannot each hold a slot the other needs.
+                    drop(permit);
+                    let Some(alone) = wait_until_alone(shared, &job).await? else {
+                        return Ok(());
                     };
+                    tracing::info!(task_id = %job.task_id, crashes = tries.crashes, "taking over, alone, a task whose owner stopped renewing");
+                    return claim_and_start(shared, job, version, tries, alone, done).await;
+                }
+                Decision::Resume(version, tries) => {
+                    return claim_and_start(shared, job, version, tries, permit, done).await;
                 }
             }
         }
@@ -579,6 +614,78 @@ async fn resolve_existing(
     .await;
     if let Err(e) = result {
         tracing::warn!(error = %e, "resolving a claimed task failed; it will be redelivered");
+    }
+}
+
+/// Claims the task (compare-and-swap on the claim at `version`) and starts it holding `permit`;
+/// when the claim changed meanwhile, the message is hidden a moment and looks again.
+async fn claim_and_start(
+    shared: &Arc<Shared>,
+    mut job: Job,
+    version: u64,
+    tries: Tries,
+    permit: OwnedSemaphorePermit,
+    done: &mpsc::Sender<Completion>,
+) -> Result<()> {
+    match put_running(shared, &job, version, tries).await? {
+        Some(v) => {
+            job.version = Some(v);
+            job.tries = tries;
+            start(shared, job, permit, done);
+            Ok(())
+        }
+        None => hide(shared, &job, Duration::from_secs(1)).await,
+    }
+}
+
+/// Writes this worker's running claim of `job` (a fresh lease, `tries`) if the claim is still
+/// at `version`; its new version, or `None` when it was not.
+async fn put_running(
+    shared: &Shared,
+    job: &Job,
+    version: u64,
+    tries: Tries,
+) -> Result<Option<u64>> {
+    let claim = Claim::running(
+        &shared.config.worker_id,
+        &job.delivery.message_id,
+        shared.config.visibility,
+        tries,
+    );
+    shared
+        .engine
+        .ledger
+        .put(
+            &claim_key(&job.task_id)?,
+            claim.encode(),
+            Condition::Version(version),
+        )
+        .await
+}
+
+/// Waits until this worker runs nothing else and holds all its slots (nothing is received
+/// meanwhile: the receivers wait for a slot behind it), keeping the message leased; `None`
+/// when the worker gives its tasks up first (the message is released).
+async fn wait_until_alone(shared: &Arc<Shared>, job: &Job) -> Result<Option<OwnedSemaphorePermit>> {
+    let all = u32::try_from(shared.config.concurrency).unwrap_or(u32::MAX);
+    // One acquisition for the whole wait: the semaphore is fair, so it keeps its place.
+    let acquire = shared.slots.clone().acquire_many_owned(all);
+    tokio::pin!(acquire);
+    let period = (shared.config.visibility / 2).max(Duration::from_millis(50));
+    let mut beat = tokio::time::interval_at(Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            permit = &mut acquire => return Ok(permit.ok()),
+            _ = beat.tick() => match extend_visibility(shared, job).await {
+                Ok(()) => {}
+                Err(e) if e.is_retryable() => tracing::warn!(task_id = %job.task_id, error = %e, "lease not extended yet; retrying"),
+                Err(e) => return Err(e),
+            },
+            () = shared.abandon.cancelled() => {
+                hide(shared, job, Duration::ZERO).await?;
+                return Ok(None);
+            }
+        }
     }
 }
 
@@ -708,25 +815,23 @@ async fn extend_visibility(shared: &Shared, job: &Job) -> Result<()> {
         .await
 }
 
-/// Extends the message's visibility and the claim's lease together.
+/// Extends the message's visibility and the claim's lease together. The claim decides who
+/// owns the task: when the message was delivered again meanwhile (every write stalled past its
+/// lease: a stopped process holding the engine's write lock, a full disk) the claim is still
+/// renewed, and the new delivery finds it live and waits, instead of this run being abandoned
+/// and the task run twice.
 async fn renew(shared: &Shared, job: &mut Job) -> Result<()> {
-    let visibility = shared.config.visibility;
-    extend_visibility(shared, job).await?;
+    if !job.receipt_stale {
+        match extend_visibility(shared, job).await {
+            Err(e) if !e.is_retryable() && job.version.is_some() => {
+                tracing::info!(task_id = %job.task_id, error = %e, "message delivered again meanwhile; the claim still holds the task");
+                job.receipt_stale = true;
+            }
+            other => other?,
+        }
+    }
     if let Some(version) = job.version {
-        let claim = Claim::running(
-            &shared.config.worker_id,
-            &job.delivery.message_id,
-            visibility,
-        );
-        let renewed = shared
-            .engine
-            .ledger
-            .put(
-                &claim_key(&job.task_id)?,
-                claim.encode(),
-                Condition::Version(version),
-            )
-            .await?;
+        let renewed = put_running(shared, job, version, job.tries).await?;
         job.version =
             Some(renewed.ok_or_else(|| {
                 nimbus_core::Error::conflict("another worker took the task over")
@@ -736,18 +841,10 @@ async fn renew(shared: &Shared, job: &mut Job) -> Result<()> {
     Ok(())
 }
 
-/// Releases an unfinished task at shutdown: the claim is dropped and the message made visible.
+/// Releases an unfinished task at shutdown: the claim waits (with its tries) and the message
+/// is made visible.
 async fn give_back(shared: &Shared, job: &Job) {
-    if let (Some(version), Ok(key)) = (job.version, claim_key(&job.task_id)) {
-        if let Err(e) = shared
-            .engine
-            .ledger
-            .delete(&key, Condition::Version(version))
-            .await
-        {
-            tracing::warn!(task_id = %job.task_id, error = %e, "could not drop the claim; it expires with its lease");
-        }
-    }
+    release_claim(shared, job, job.tries).await;
     if let Err(e) = hide(shared, job, Duration::ZERO).await {
         tracing::warn!(task_id = %job.task_id, error = %e, "could not release the message; it returns after its timeout");
     }
@@ -975,26 +1072,45 @@ async fn send_all(shared: &Shared, queue: &QueueName, messages: &[OutgoingMessag
     Ok(())
 }
 
-/// Gives a task back for a retry: drops the claim and hides the message for the backoff.
+/// Leaves the claim waiting for the task's next run with `tries` (compare-and-swap on the
+/// version this worker owns).
+async fn release_claim(shared: &Shared, job: &Job, tries: Tries) {
+    let (Some(version), Ok(key)) = (job.version, claim_key(&job.task_id)) else {
+        return;
+    };
+    let waiting = Claim::Waiting { tries };
+    if let Err(e) = shared
+        .engine
+        .ledger
+        .put(&key, waiting.encode(), Condition::Version(version))
+        .await
+    {
+        tracing::warn!(task_id = %job.task_id, error = %e, "could not release the claim; it expires with its lease");
+    }
+}
+
+/// Gives a task back for a retry: the claim counts the retry and the message is hidden for
+/// the backoff, which doubles with each retry (not with each receive: a delivery that found
+/// the task busy elsewhere, or died beside another task, is no retry).
 async fn retry(shared: &Shared, c: Completion) {
     let Outcome::RetryAfter { delay, reason } = &c.outcome else {
         return;
     };
-    let doublings = c.job.delivery.receive_count.saturating_sub(1).min(20);
+    // The claim counts retries when there is one; without dedup the receive count stands in.
+    let retries = if c.job.version.is_some() {
+        c.job.tries.retries
+    } else {
+        c.job.delivery.receive_count.saturating_sub(1)
+    };
     let backoff = delay
-        .saturating_mul(1 << doublings)
+        .saturating_mul(1 << retries.min(20))
         .min(MAX_VISIBILITY_TIMEOUT);
-    tracing::info!(task_id = %c.job.task_id, reason, ?backoff, attempt = c.job.delivery.receive_count, "task will be retried");
-    if let (Some(version), Ok(key)) = (c.job.version, claim_key(&c.job.task_id)) {
-        if let Err(e) = shared
-            .engine
-            .ledger
-            .delete(&key, Condition::Version(version))
-            .await
-        {
-            tracing::warn!(task_id = %c.job.task_id, error = %e, "could not drop the claim; it expires with its lease");
-        }
-    }
+    tracing::info!(task_id = %c.job.task_id, reason, ?backoff, retries, "task will be retried");
+    let tries = Tries {
+        retries: retries + 1,
+        ..c.job.tries
+    };
+    release_claim(shared, &c.job, tries).await;
     if let Err(e) = hide(shared, &c.job, backoff).await {
         tracing::warn!(task_id = %c.job.task_id, error = %e, "could not schedule the retry; the message returns after its timeout");
     }

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +12,7 @@ use nimbus_core::{
     Condition, DeadLetter, Engine, OutgoingMessage, QueueName, QueueOptions, ReceiveRequest,
     TaskReport, TaskStatus,
 };
-use nimbus_worker::claim::{claim_key, Claim};
+use nimbus_worker::claim::{claim_key, Claim, Tries};
 use nimbus_worker::{Handler, Handlers, Outcome, TaskContext, Worker, WorkerConfig, WorkerStats};
 use tokio_util::sync::CancellationToken;
 
@@ -522,14 +522,19 @@ async fn shutdown_past_the_grace_period_releases_unfinished_tasks() {
         depth.visible, 1,
         "the released message is visible at once: {depth:?}"
     );
+    let claim = s
+        .engine
+        .ledger
+        .get(&claim_key("slow").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
-        s.engine
-            .ledger
-            .get(&claim_key("slow").unwrap())
-            .await
-            .unwrap(),
-        None,
-        "and its claim is gone"
+        Claim::decode(&claim.value).unwrap(),
+        Claim::Waiting {
+            tries: Tries::default()
+        },
+        "and its claim waits for the next delivery, no try counted"
     );
 }
 
@@ -542,7 +547,7 @@ async fn a_task_whose_owner_died_is_taken_over() {
         .send(&s.work, task("orphan", "probe", "0"))
         .await
         .unwrap();
-    let dead_owner = Claim::running("dead-worker", &id, Duration::ZERO);
+    let dead_owner = Claim::running("dead-worker", &id, Duration::ZERO, Tries::default());
     s.engine
         .ledger
         .put(
@@ -590,7 +595,12 @@ async fn a_dead_owners_task_is_taken_over_by_the_next_delivery() {
         .unwrap();
     assert_eq!(got.len(), 1);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let dead_owner = Claim::running("dead-worker", &got[0].message_id, visibility);
+    let dead_owner = Claim::running(
+        "dead-worker",
+        &got[0].message_id,
+        visibility,
+        Tries::default(),
+    );
     s.engine
         .ledger
         .put(
@@ -635,7 +645,7 @@ async fn an_owner_that_records_its_end_late_keeps_the_task() {
         .unwrap();
     let message_id = got[0].message_id.clone();
     let key = claim_key("late-end").unwrap();
-    let lapsed = Claim::running("slow-owner", &message_id, Duration::ZERO);
+    let lapsed = Claim::running("slow-owner", &message_id, Duration::ZERO, Tries::default());
     let version = s
         .engine
         .ledger
@@ -880,4 +890,275 @@ async fn a_claim_is_swept_only_once_its_own_end_is_past_the_retention() {
         s.engine.ledger.get(&key).await.unwrap().is_some(),
         "the fresh end stays"
     );
+}
+
+/// When each task ran, by task id: (start, end) of every run that ended, and the ids of the
+/// runs begun.
+#[derive(Clone, Default)]
+struct Timeline {
+    runs: Arc<Mutex<Vec<(String, tokio::time::Instant, tokio::time::Instant)>>>,
+    begun: Arc<Mutex<Vec<String>>>,
+}
+
+impl Timeline {
+    fn of(&self, id: &str) -> Vec<(tokio::time::Instant, tokio::time::Instant)> {
+        let runs = self.runs.lock().unwrap();
+        runs.iter()
+            .filter(|(t, ..)| t == id)
+            .map(|(_, a, b)| (*a, *b))
+            .collect()
+    }
+
+    fn started(&self, id: &str) -> bool {
+        self.begun.lock().unwrap().iter().any(|t| t == id)
+    }
+}
+
+/// Body `MS`: sleeps; `retry:N`: asks for a retry (200 ms) until its N-th run; `hand-back:MS`:
+/// makes its own message visible at once, as a lease lost in a stall would, then sleeps.
+#[async_trait]
+impl Handler for Timeline {
+    async fn handle(&self, task: &TaskContext) -> Outcome {
+        let start = tokio::time::Instant::now();
+        self.begun.lock().unwrap().push(task.task_id.clone());
+        let body = String::from_utf8_lossy(&task.delivery.body).into_owned();
+        let outcome = if let Some(n) = body.strip_prefix("retry:") {
+            if self.of(&task.task_id).len() + 1 < n.parse().unwrap() {
+                Outcome::RetryAfter {
+                    delay: Duration::from_millis(200),
+                    reason: "again".into(),
+                }
+            } else {
+                Outcome::done()
+            }
+        } else {
+            let ms = match body.strip_prefix("hand-back:") {
+                Some(ms) => {
+                    task.engine
+                        .queue
+                        .change_visibility(&task.queue, &task.delivery.receipt, Duration::ZERO)
+                        .await
+                        .unwrap();
+                    ms
+                }
+                None => body.as_str(),
+            };
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            Outcome::done()
+        };
+        let end = tokio::time::Instant::now();
+        self.runs
+            .lock()
+            .unwrap()
+            .push((task.task_id.clone(), start, end));
+        outcome
+    }
+}
+
+fn spawn_timed_worker(
+    s: &Setup,
+    id: &str,
+    timeline: &Timeline,
+    tweak: impl FnOnce(&mut WorkerConfig),
+) -> tokio::task::JoinHandle<WorkerStats> {
+    let mut cfg = config(s, id);
+    tweak(&mut cfg);
+    let worker = Worker::new(
+        s.engine.clone(),
+        Handlers::default().with("timed", timeline.clone()),
+        cfg,
+    );
+    tokio::spawn(async move { worker.run(CancellationToken::new()).await.unwrap() })
+}
+
+async fn plant_dead_owner(s: &Setup, task_id: &str, message_id: &str, crashes: u32) {
+    let tries = Tries {
+        retries: 0,
+        crashes,
+    };
+    let dead_owner = Claim::running("dead-worker", message_id, Duration::ZERO, tries);
+    s.engine
+        .ledger
+        .put(
+            &claim_key(task_id).unwrap(),
+            dead_owner.encode(),
+            Condition::Always,
+        )
+        .await
+        .unwrap();
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A task whose worker died under it (here a planted claim of a dead owner) may be what
+/// killed it: it runs alone, after the tasks already running end and before any other is
+/// received, so that were it to kill this worker too, nothing else would die with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_taken_over_from_a_dead_owner_runs_alone() {
+    let s = setup(QueueOptions::default()).await;
+    let ids = s
+        .engine
+        .queue
+        .send_batch(
+            &s.work,
+            vec![
+                task("running", "timed", "2500"),
+                task("orphan", "timed", "1000"),
+            ],
+        )
+        .await
+        .unwrap();
+    plant_dead_owner(&s, "orphan", &ids[1], 0).await;
+    let timeline = Timeline::default();
+    let worker = spawn_timed_worker(&s, "w1", &timeline, |_| {});
+    wait_for("the orphan's run", || timeline.started("orphan")).await;
+    let late: Vec<_> = (0..4)
+        .map(|i| task(&format!("late-{i}"), "timed", "0"))
+        .collect();
+    s.engine.queue.send_batch(&s.work, late).await.unwrap();
+    let stats = worker.await.unwrap();
+    assert_eq!(stats.succeeded, 6);
+    let (running, orphan) = (timeline.of("running")[0], timeline.of("orphan"));
+    assert_eq!(orphan.len(), 1, "the orphan ran once");
+    assert!(
+        orphan[0].0 >= running.1,
+        "the orphan waited for the running task to end: started {:?} before",
+        running.1 - orphan[0].0
+    );
+    for i in 0..4 {
+        let late = timeline.of(&format!("late-{i}"))[0];
+        assert!(
+            late.0 >= orphan[0].1,
+            "late-{i} was not started while the orphan ran alone"
+        );
+    }
+    let item = s
+        .engine
+        .ledger
+        .get(&claim_key("orphan").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        Claim::decode(&item.value).unwrap(),
+        Claim::Ended { .. }
+    ));
+}
+
+/// A task whose workers ended under it `max_crashes` times (each time running alone, so it
+/// is the likely cause) fails for good, reported with the reason, instead of killing workers
+/// until the queue's receive count dead-letters it with whatever shared its worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_workers_keep_dying_under_it_fails_for_good() {
+    let s = setup(QueueOptions::default()).await;
+    let id = s
+        .engine
+        .queue
+        .send(&s.work, task("poison", "timed", "0"))
+        .await
+        .unwrap();
+    plant_dead_owner(&s, "poison", &id, 2).await;
+    let timeline = Timeline::default();
+    let stats = spawn_timed_worker(&s, "w1", &timeline, |c| c.max_crashes = 3)
+        .await
+        .unwrap();
+    assert!(!timeline.started("poison"), "not run a fourth time");
+    assert_eq!(stats.failed, 1);
+    let reports = reports(&s).await;
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].status, TaskStatus::Failed);
+    let error = reports[0].error.clone().unwrap_or_default();
+    assert!(
+        error.contains("its worker ended while running it 3 times"),
+        "the report says why: {error}"
+    );
+    assert_all_acknowledged(&s, "the poison task").await;
+}
+
+/// The backoff of a retried task doubles with its retries, counted in its claim, not with its
+/// message's receive count: deliveries that found the task busy, or died beside another task,
+/// used to make a first retry wait 2^receives times its delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_backoff_doubles_per_retry_not_per_receive() {
+    let s = setup(QueueOptions::default()).await;
+    s.engine
+        .queue
+        .send(&s.work, task("flaky", "timed", "retry:3"))
+        .await
+        .unwrap();
+    // Four receives that ran nothing (the receive count is 4 when the worker first sees it).
+    for _ in 0..4 {
+        let got = s
+            .engine
+            .queue
+            .receive(&s.work, ReceiveRequest::new(1))
+            .await
+            .unwrap();
+        s.engine
+            .queue
+            .change_visibility(&s.work, &got[0].receipt, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    let timeline = Timeline::default();
+    let stats = spawn_timed_worker(&s, "w1", &timeline, |c| {
+        c.exit_when_idle = Some(Duration::from_secs(3))
+    })
+    .await
+    .unwrap();
+    assert_eq!((stats.retried, stats.succeeded), (2, 1));
+    let runs = timeline.of("flaky");
+    let (first, second) = (runs[1].0 - runs[0].1, runs[2].0 - runs[1].1);
+    assert!(
+        first >= Duration::from_millis(200) && first < Duration::from_millis(1500),
+        "the first retry waited its delay (200 ms), not 2^4 times it: {first:?}"
+    );
+    assert!(
+        second >= Duration::from_millis(400),
+        "the second retry waited twice the delay: {second:?}"
+    );
+}
+
+/// Every write stalled past the lease (a stopped process holding SQLite's write lock) and the
+/// message was delivered to a second worker meanwhile: the owner's claim, still its own, keeps
+/// the task (the owner renews it and records the end) and the second delivery waits, then
+/// acknowledges. The chaos harness saw the owner give the task up on its stale receipt, and the
+/// task run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_whose_message_was_delivered_again_keeps_its_task() {
+    let s = setup(QueueOptions::default()).await;
+    s.engine
+        .queue
+        .send(&s.work, task("stalled", "timed", "hand-back:2000"))
+        .await
+        .unwrap();
+    let timeline = Timeline::default();
+    let fast = |c: &mut WorkerConfig| {
+        c.visibility = Duration::from_secs(1);
+        c.exit_when_idle = Some(Duration::from_secs(3));
+    };
+    let owner = spawn_timed_worker(&s, "owner", &timeline, fast);
+    wait_for("the owner's run", || timeline.started("stalled")).await;
+    let second = spawn_timed_worker(&s, "second", &timeline, fast);
+    let (owner, second) = (owner.await.unwrap(), second.await.unwrap());
+    assert_eq!(timeline.begun.lock().unwrap().len(), 1, "the task ran once");
+    assert_eq!(owner.succeeded, 1, "the owner ended it");
+    // Either worker may have received it again (the owner has free slots too).
+    assert_eq!(
+        owner.duplicates + second.duplicates,
+        1,
+        "the second delivery acknowledged it"
+    );
+    let reports = reports(&s).await;
+    assert!(!reports.is_empty() && reports.iter().all(|r| r.task_id == "stalled"));
+    assert_all_acknowledged(&s, "the stalled task").await;
 }

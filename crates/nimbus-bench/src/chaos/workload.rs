@@ -25,7 +25,8 @@ pub enum Plan {
     /// Exit with status 3: must be reported failed, never retried.
     Fails,
     /// Kill its own worker (`kill -9 $PPID`), as a task that exhausts its machine would: must
-    /// end in the dead-letter queue once its receives are used up, and kill nothing else.
+    /// be failed for good once its workers died under it `max_crashes` times (or dead-lettered,
+    /// where the queue allows fewer receives), and take no other task with it.
     Poison,
 }
 
