@@ -671,8 +671,7 @@ async fn wait_until_alone(shared: &Arc<Shared>, job: &Job) -> Result<Option<Owne
     // One acquisition for the whole wait: the semaphore is fair, so it keeps its place.
     let acquire = shared.slots.clone().acquire_many_owned(all);
     tokio::pin!(acquire);
-    let period = (shared.config.visibility / 2).max(Duration::from_millis(50));
-    let mut beat = tokio::time::interval_at(Instant::now() + period, period);
+    let mut beat = heartbeat(shared, Instant::now());
     loop {
         tokio::select! {
             permit = &mut acquire => return Ok(permit.ok()),
@@ -687,6 +686,12 @@ async fn wait_until_alone(shared: &Arc<Shared>, job: &Job) -> Result<Option<Owne
             }
         }
     }
+}
+
+/// The lease renewals of a delivery held from `from`: every half visibility timeout.
+fn heartbeat(shared: &Shared, from: Instant) -> tokio::time::Interval {
+    let period = (shared.config.visibility / 2).max(Duration::from_millis(50));
+    tokio::time::interval_at(from + period, period)
 }
 
 async fn hide(shared: &Shared, job: &Job, wait: Duration) -> Result<()> {
@@ -761,8 +766,7 @@ async fn run_job(shared: &Arc<Shared>, mut job: Job) -> Option<(Completion, Opti
     let started = Instant::now();
     let run = AssertUnwindSafe(handler.handle(&context)).catch_unwind();
     tokio::pin!(run);
-    let period = (shared.config.visibility / 2).max(Duration::from_millis(50));
-    let mut beat = tokio::time::interval_at(started + period, period);
+    let mut beat = heartbeat(shared, started);
     let outcome = loop {
         tokio::select! {
             result = &mut run => break result.unwrap_or_else(|panic| Outcome::Failed(format!("handler panicked: {}", panic_text(&*panic)))),

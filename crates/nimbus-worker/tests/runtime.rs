@@ -142,16 +142,27 @@ async fn run_worker(
     probe: &Probe,
     tweak: impl FnOnce(&mut WorkerConfig),
 ) -> WorkerStats {
-    let mut cfg = config(s, id);
-    tweak(&mut cfg);
-    Worker::new(
-        s.engine.clone(),
+    spawn_worker(
+        s,
+        id,
         Handlers::default().with("probe", probe.clone()),
-        cfg,
+        tweak,
     )
-    .run(CancellationToken::new())
     .await
     .unwrap()
+}
+
+/// A worker of `s` with `handlers`, run in its own task until it is idle.
+fn spawn_worker(
+    s: &Setup,
+    id: &str,
+    handlers: Handlers,
+    tweak: impl FnOnce(&mut WorkerConfig),
+) -> tokio::task::JoinHandle<WorkerStats> {
+    let mut cfg = config(s, id);
+    tweak(&mut cfg);
+    let worker = Worker::new(s.engine.clone(), handlers, cfg);
+    tokio::spawn(async move { worker.run(CancellationToken::new()).await.unwrap() })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -961,14 +972,12 @@ fn spawn_timed_worker(
     timeline: &Timeline,
     tweak: impl FnOnce(&mut WorkerConfig),
 ) -> tokio::task::JoinHandle<WorkerStats> {
-    let mut cfg = config(s, id);
-    tweak(&mut cfg);
-    let worker = Worker::new(
-        s.engine.clone(),
+    spawn_worker(
+        s,
+        id,
         Handlers::default().with("timed", timeline.clone()),
-        cfg,
-    );
-    tokio::spawn(async move { worker.run(CancellationToken::new()).await.unwrap() })
+        tweak,
+    )
 }
 
 async fn plant_dead_owner(s: &Setup, task_id: &str, message_id: &str, crashes: u32) {
