@@ -109,11 +109,18 @@ pub struct WorkerProcesses {
 }
 
 impl WorkerProcesses {
-    /// Starts `count` workers with `concurrency` slots each.
-    pub fn start(exe: &Path, db: &Path, count: usize, concurrency: usize) -> std::io::Result<Self> {
+    /// Starts `count` workers with `concurrency` slots each and the further worker arguments
+    /// `extra`.
+    pub fn start(
+        exe: &Path,
+        db: &Path,
+        count: usize,
+        concurrency: usize,
+        extra: &[String],
+    ) -> std::io::Result<Self> {
         let engine = format!("sqlite://{}", db.display());
         let set = ProcessSet::start(exe, count, Duration::from_secs(5), |i| {
-            [
+            let mut args = [
                 "--engine",
                 &engine,
                 "worker",
@@ -125,7 +132,9 @@ impl WorkerProcesses {
                 "1s",
             ]
             .map(String::from)
-            .to_vec()
+            .to_vec();
+            args.extend_from_slice(extra);
+            args
         })?;
         Ok(Self { _processes: set })
     }

@@ -426,6 +426,11 @@ pub struct WorkerArgs {
     /// fails for good with a report that says so: it may be what kills its workers.
     #[arg(long, default_value_t = nimbus_worker::DEFAULT_MAX_CRASHES, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_crashes: u32,
+    /// When a finished task's slot takes the next task: `recorded` (once its end is durable,
+    /// so a kill -9 finds at most one unrecorded end per slot) or `finished` (once its handler
+    /// returns). docs/benchmarks.md measures both: tasks run twice per kill, and throughput.
+    #[arg(long, default_value = "recorded")]
+    pub free_slot: nimbus_worker::FreeSlot,
     /// Stop (cleanly) when the process that started this worker ends, even by kill -9: what an
     /// autoscaler's local workers do.
     #[arg(long)]
@@ -831,6 +836,10 @@ pub enum BenchCmd {
         /// Also run Celery with Redis on the same tasks (needs `celery[redis]` and redis-server).
         #[arg(long)]
         celery: bool,
+        /// When the workers free a finished task's slot (`recorded`, `finished`; a list runs
+        /// the throughput table for each).
+        #[arg(long, value_delimiter = ',', default_value = "recorded")]
+        free_slot: Vec<nimbus_worker::FreeSlot>,
     },
     /// A chaos run: `nimbus web` and worker processes under a mixed workload (shell tasks with
     /// counted effects, atoms jobs, classify requests) while workers, the web tier or everything

@@ -32,17 +32,8 @@ impl Deployment {
 
     /// `nimbus` on the deployment named `prefix` of the same account.
     fn nimbus_with_prefix(&self, prefix: &str) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_nimbus"));
-        c.arg("--engine")
-            .arg(format!(
-                "aws://?region=us-east-1&endpoint={}&prefix={prefix}",
-                self.moto.endpoint()
-            ))
-            .args(["--blobs", "s3://e2e-blobs/run1"])
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
+        let mut c = common::nimbus_on_moto(&self.moto.endpoint(), prefix, "s3://e2e-blobs/run1");
+        c.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
         c
     }
 

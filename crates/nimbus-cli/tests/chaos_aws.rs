@@ -4,8 +4,6 @@
 #![cfg(feature = "aws")]
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
-
 use common::chaos::{assert_held, chaos};
 
 mod common;
@@ -14,19 +12,7 @@ mod common;
 fn chaos_on_the_aws_engine_against_moto_loses_and_doubles_nothing() {
     let moto =
         nimbus_aws::moto::MotoServer::start().expect("moto_server (./scripts/test.sh installs it)");
-    let nimbus = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_nimbus"));
-        c.arg("--engine")
-            .arg(format!(
-                "aws://?region=us-east-1&endpoint={}&prefix=chaos-",
-                moto.endpoint()
-            ))
-            .args(["--blobs", "s3://chaos-blobs/run"])
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true");
-        c
-    };
+    let nimbus = || common::nimbus_on_moto(&moto.endpoint(), "chaos-", "s3://chaos-blobs/run");
     let up = nimbus()
         .args(["aws", "up", "--max-receives", "10"])
         .output()

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use nimbus_core::{Delivery, Engine, QueueName};
 use tokio_util::sync::CancellationToken;
 
-pub use runtime::{Worker, WorkerConfig, WorkerStats, DEFAULT_MAX_CRASHES};
+pub use runtime::{FreeSlot, Worker, WorkerConfig, WorkerStats, DEFAULT_MAX_CRASHES};
 
 /// How a handler's run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! The worker loop: receivers fill free concurrency slots, each task runs in its own tokio task
-//! with a heartbeat, and one completer records ends, sends reports and deletes messages in
-//! batches (group commit), so a busy worker pays a few engine calls per batch, not per task.
+//! with a heartbeat, and one completer records ends, then (in a second stage) sends reports and
+//! deletes messages, in batches (group commit), so a busy worker pays a few engine calls per
+//! batch, not per task.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -50,6 +51,53 @@ pub struct WorkerConfig {
     /// A task whose worker ended while running it this many times fails for good instead of
     /// running again (it may be what kills its workers). With dedup only: the claim counts.
     pub max_crashes: u32,
+    /// When a finished task's concurrency slot takes the next task.
+    pub free_slot: FreeSlot,
+}
+
+/// When a finished task's slot is free for the next one. A worker killed between a task's
+/// effect and the durable record of its end runs that task again on the next delivery (the
+/// documented window); how many tasks are inside it at a kill is, by Little's law, the rate at
+/// which tasks end times how long an end waits to be recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum FreeSlot {
+    /// Once the end is durable (the claim ended; without dedup, the message acknowledged): a
+    /// worker never has more unrecorded ends than slots, and a slot's next task never delays
+    /// the record of its last.
+    #[default]
+    Recorded,
+    /// As soon as the handler returns, before its end is recorded: the next task starts a
+    /// ledger write sooner, and more ends wait to be recorded at once.
+    Finished,
+}
+
+impl FreeSlot {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Recorded => "recorded",
+            Self::Finished => "finished",
+        }
+    }
+}
+
+impl std::fmt::Display for FreeSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for FreeSlot {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match [Self::Recorded, Self::Finished].into_iter().find(|m| m.name() == s) {
+            Some(moment) => Ok(moment),
+            None => Err(format!(
+                "`{s}` is not a moment to free a slot: `recorded` (once the task's end is durable) or `finished` (once its handler returns)"
+            )),
+        }
+    }
 }
 
 impl Default for WorkerConfig {
@@ -66,6 +114,7 @@ impl Default for WorkerConfig {
             dedup: true,
             sweep: Some(crate::sweep::SweepConfig::default()),
             max_crashes: DEFAULT_MAX_CRASHES,
+            free_slot: FreeSlot::default(),
         }
     }
 }
@@ -150,6 +199,22 @@ struct Completion {
     duration: Duration,
     /// Renews the lease until the end is recorded (none for a task that ended at once).
     keeper: Option<LeaseKeeper>,
+    /// The task's concurrency slot, when it is freed only once the end is durable
+    /// ([`FreeSlot::Recorded`]).
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Completion {
+    /// A task that failed without running.
+    fn failed(job: Job, reason: String) -> Self {
+        Self {
+            job,
+            outcome: Outcome::Failed(reason),
+            duration: Duration::ZERO,
+            keeper: None,
+            slot: None,
+        }
+    }
 }
 
 /// Renews a finished task's lease on the heartbeat's schedule until its end is recorded and its
@@ -538,13 +603,7 @@ const TAKEOVER_PROBE: Duration = Duration::from_secs(1);
 /// Hands a task that cannot run to the completer as failed (its claim, if any, at
 /// `job.version`), without a lease keeper: its end is recorded at once.
 async fn fail_at_once(done: &mpsc::Sender<Completion>, job: Job, reason: String) {
-    let failed = Completion {
-        job,
-        outcome: Outcome::Failed(reason),
-        duration: Duration::ZERO,
-        keeper: None,
-    };
-    if done.send(failed).await.is_err() {
+    if done.send(Completion::failed(job, reason)).await.is_err() {
         tracing::error!("completer is gone; the task will be redelivered");
     }
 }
@@ -718,7 +777,11 @@ fn start(
     shared.running.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         let mut renewal = None;
-        if let Some((completion, renew)) = run_job(&shared, job).await {
+        let mut permit = Some(permit);
+        if let Some((mut completion, renew)) = run_job(&shared, job).await {
+            if shared.config.free_slot == FreeSlot::Recorded {
+                completion.slot = permit.take();
+            }
             if done.send(completion).await.is_err() {
                 tracing::error!("completer is gone; the task will be redelivered");
             }
@@ -746,13 +809,7 @@ async fn run_job(shared: &Arc<Shared>, mut job: Job) -> Option<(Completion, Opti
             shared.config.worker_id,
             shared.handlers.kinds()
         );
-        let failed = Completion {
-            job,
-            outcome: Outcome::Failed(reason),
-            duration: Duration::ZERO,
-            keeper: None,
-        };
-        return Some((failed, None));
+        return Some((Completion::failed(job, reason), None));
     };
     let context = TaskContext {
         task_id: job.task_id.clone(),
@@ -797,6 +854,7 @@ async fn run_job(shared: &Arc<Shared>, mut job: Job) -> Option<(Completion, Opti
             outcome,
             duration,
             keeper: Some(keeper),
+            slot: None,
         },
         Some(renewal),
     ))
@@ -856,14 +914,57 @@ async fn give_back(shared: &Shared, job: &Job) {
     tracing::info!(task_id = %job.task_id, "released unfinished task");
 }
 
+/// Records ends in two stages, each batching what arrived while it was busy: the first makes
+/// ends durable (the claims ended), the second sends the reports and acknowledges the messages.
+/// The durable write of a task's end never waits behind another batch's reports and
+/// acknowledgements, so the window in which a crash makes a finished task run again is as short
+/// as the claim writes allow.
 async fn complete_loop(shared: Arc<Shared>, mut done: mpsc::Receiver<Completion>) {
+    // Two batches in hand at most: the first stage waits when the second falls behind.
+    let (recorded_tx, recorded_rx) = mpsc::channel::<Recorded>(2);
+    let acknowledger = tokio::spawn(acknowledge_loop(shared.clone(), recorded_rx));
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while done.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if let Err(e) = record(&shared, std::mem::take(&mut batch)).await {
-            // Unacknowledged messages come back; ended claims make the redelivery re-report.
-            tracing::warn!(error = %e, "recording completions failed; their messages will be redelivered");
+        match end_claims(&shared, std::mem::take(&mut batch)).await {
+            Ok(recorded) if recorded.ended.is_empty() => {}
+            Ok(recorded) => {
+                if recorded_tx.send(recorded).await.is_err() {
+                    tracing::error!(
+                        "acknowledger is gone; recorded tasks will be re-reported on redelivery"
+                    );
+                }
+            }
+            // Unacknowledged messages come back; the redelivery runs or re-reports them.
+            Err(e) => {
+                tracing::warn!(error = %e, "recording task ends failed; their messages will be redelivered")
+            }
         }
     }
+    drop(recorded_tx);
+    if let Err(e) = acknowledger.await {
+        tracing::error!(error = %e, "acknowledger task failed");
+    }
+}
+
+async fn acknowledge_loop(shared: Arc<Shared>, mut recorded: mpsc::Receiver<Recorded>) {
+    while let Some(batch) = recorded.recv().await {
+        if let Err(e) = acknowledge(&shared, &batch.ended).await {
+            // Ended claims make the redelivery re-report and acknowledge.
+            tracing::warn!(error = %e, "acknowledging task ends failed; their messages will be redelivered");
+        }
+        // The keepers renew the messages' visibility until here; the slots (of workers that
+        // free them only once an end is durable, without dedup) are freed here.
+        drop(batch);
+    }
+}
+
+/// Ends made durable, waiting for their reports and acknowledgements.
+struct Recorded {
+    ended: Vec<(Job, TaskReport)>,
+    /// Renew the messages' visibility until they are acknowledged.
+    _keepers: Vec<LeaseKeeper>,
+    /// Slots freed once the messages are acknowledged (the durable end without dedup).
+    _slots: Vec<OwnedSemaphorePermit>,
 }
 
 fn report_of(shared: &Shared, c: &Completion) -> Option<TaskReport> {
@@ -885,12 +986,15 @@ fn report_of(shared: &Shared, c: &Completion) -> Option<TaskReport> {
     })
 }
 
-/// Records a batch of ends (claims, then reports, then acknowledgements) and schedules retries.
-async fn record(shared: &Shared, batch: Vec<Completion>) -> Result<()> {
+/// The first stage: schedules retries and makes a batch's ends durable on their claims. A
+/// slot that waits for its end to be durable is freed here (with dedup; without it the
+/// acknowledgement is the durable end, and the slot goes on to the second stage).
+async fn end_claims(shared: &Shared, batch: Vec<Completion>) -> Result<Recorded> {
     let mut ended = Vec::new();
-    // Kept renewing the messages' visibility until they are acknowledged, when this ends.
     let mut keepers = Vec::with_capacity(batch.len());
+    let mut slots = Vec::new();
     for mut c in batch {
+        slots.extend(c.slot.take());
         if let Some(keeper) = c.keeper.take() {
             match keeper.claim_version().await {
                 Some(version) => c.job.version = version,
@@ -906,59 +1010,74 @@ async fn record(shared: &Shared, batch: Vec<Completion>) -> Result<()> {
             None => retry(shared, c).await,
         }
     }
-    if ended.is_empty() {
-        return Ok(());
+    if shared.config.dedup && !ended.is_empty() {
+        ended = write_ended_claims(shared, ended).await?;
+        slots.clear();
     }
-    if shared.config.dedup {
-        // Ends of tasks that hold a claim are recorded on it; a task whose id cannot name a
-        // claim never had one.
-        let (claimed, unclaimed): (Vec<_>, Vec<_>) = ended
-            .into_iter()
-            .partition(|(job, _)| claim_key(&job.task_id).is_ok());
-        let ended_ms = crate::claim::now_ms();
-        // The sweep's index items first, so no ended claim exists without one (an index item
-        // whose claim write then failed is dropped by the sweep).
-        let mut writes = claimed
-            .iter()
-            .map(|(job, _)| {
-                let key = crate::sweep::index_key(&job.task_id, ended_ms)?;
-                Ok((key, bytes::Bytes::new(), Condition::Always))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        for (job, report) in &claimed {
-            let claim = Claim::Ended {
-                message_id: job.delivery.message_id.clone(),
-                report: report.clone(),
-                ended_ms,
-            };
-            writes.push((
-                claim_key(&job.task_id)?,
-                claim.encode(),
-                Condition::Version(job.version.unwrap_or(0)),
-            ));
-        }
-        let written = persist(shared, "recording task ends", || {
-            shared.engine.ledger.put_batch(writes.clone())
+    Ok(Recorded {
+        ended,
+        _keepers: keepers,
+        _slots: slots,
+    })
+}
+
+/// Ends the claims of `ended` (compare-and-swap on the versions this worker owns); what is left
+/// to report: the ends written, and those of tasks whose id cannot name a claim (they never had
+/// one).
+async fn write_ended_claims(
+    shared: &Shared,
+    ended: Vec<(Job, TaskReport)>,
+) -> Result<Vec<(Job, TaskReport)>> {
+    let (claimed, mut unclaimed): (Vec<_>, Vec<_>) = ended
+        .into_iter()
+        .partition(|(job, _)| claim_key(&job.task_id).is_ok());
+    let ended_ms = crate::claim::now_ms();
+    // The sweep's index items first, so no ended claim exists without one (an index item
+    // whose claim write then failed is dropped by the sweep).
+    let mut writes = claimed
+        .iter()
+        .map(|(job, _)| {
+            let key = crate::sweep::index_key(&job.task_id, ended_ms)?;
+            Ok((key, bytes::Bytes::new(), Condition::Always))
         })
-        .await?;
-        let written = written.into_iter().skip(claimed.len());
-        ended = unclaimed;
-        for (end, ok) in claimed.into_iter().zip(written) {
-            match ok {
-                Some(_) => ended.push(end),
-                None => {
-                    tracing::warn!(task_id = %end.0.task_id, "claim lost before the end was recorded; the new owner reports")
-                }
+        .collect::<Result<Vec<_>>>()?;
+    for (job, report) in &claimed {
+        let claim = Claim::Ended {
+            message_id: job.delivery.message_id.clone(),
+            report: report.clone(),
+            ended_ms,
+        };
+        writes.push((
+            claim_key(&job.task_id)?,
+            claim.encode(),
+            Condition::Version(job.version.unwrap_or(0)),
+        ));
+    }
+    let written = persist(shared, "recording task ends", || {
+        shared.engine.ledger.put_batch(writes.clone())
+    })
+    .await?;
+    let written = written.into_iter().skip(claimed.len());
+    for (end, ok) in claimed.into_iter().zip(written) {
+        match ok {
+            Some(_) => unclaimed.push(end),
+            None => {
+                tracing::warn!(task_id = %end.0.task_id, "claim lost before the end was recorded; the new owner reports")
             }
         }
     }
+    Ok(unclaimed)
+}
+
+/// The second stage: sends the reports of durable ends and acknowledges their messages.
+async fn acknowledge(shared: &Shared, ended: &[(Job, TaskReport)]) -> Result<()> {
     let refs: Vec<(&Job, TaskReport)> = ended.iter().map(|(j, r)| (j, r.clone())).collect();
     persist(shared, "sending task reports", || {
         send_reports(shared, &refs)
     })
     .await?;
     let mut by_queue: BTreeMap<&QueueName, Vec<_>> = BTreeMap::new();
-    for (job, report) in &ended {
+    for (job, report) in ended {
         by_queue
             .entry(&job.queue)
             .or_default()

@@ -13,14 +13,17 @@ use nimbus_core::{
     TaskReport, TaskStatus,
 };
 use nimbus_worker::claim::{claim_key, Claim, Tries};
-use nimbus_worker::{Handler, Handlers, Outcome, TaskContext, Worker, WorkerConfig, WorkerStats};
+use nimbus_worker::{
+    FreeSlot, Handler, Handlers, Outcome, TaskContext, Worker, WorkerConfig, WorkerStats,
+};
 use tokio_util::sync::CancellationToken;
 
+#[derive(Clone)]
 struct Setup {
     engine: Engine,
     work: QueueName,
     replies: QueueName,
-    _dir: tempfile::TempDir,
+    _dir: Arc<tempfile::TempDir>,
 }
 
 async fn setup(options: QueueOptions) -> Setup {
@@ -48,7 +51,7 @@ async fn setup(options: QueueOptions) -> Setup {
         engine,
         work,
         replies,
-        _dir: dir,
+        _dir: Arc::new(dir),
     }
 }
 
@@ -1170,4 +1173,169 @@ async fn an_owner_whose_message_was_delivered_again_keeps_its_task() {
     let reports = reports(&s).await;
     assert!(!reports.is_empty() && reports.iter().all(|r| r.task_id == "stalled"));
     assert_all_acknowledged(&s, "the stalled task").await;
+}
+
+/// The queue of `inner` with every acknowledgement (delete) held for `stall` first: the second
+/// stage of a completer busy with the last batch's reports and acknowledgements.
+struct StallingAcks {
+    inner: Arc<dyn nimbus_core::Queue>,
+    stall: Duration,
+}
+
+#[async_trait]
+impl nimbus_core::Queue for StallingAcks {
+    async fn create_queue(
+        &self,
+        name: &QueueName,
+        options: &QueueOptions,
+    ) -> nimbus_core::Result<()> {
+        self.inner.create_queue(name, options).await
+    }
+    async fn delete_queue(&self, name: &QueueName) -> nimbus_core::Result<()> {
+        self.inner.delete_queue(name).await
+    }
+    async fn list_queues(&self) -> nimbus_core::Result<Vec<QueueName>> {
+        self.inner.list_queues().await
+    }
+    async fn queue_options(&self, name: &QueueName) -> nimbus_core::Result<QueueOptions> {
+        self.inner.queue_options(name).await
+    }
+    async fn send_batch(
+        &self,
+        queue: &QueueName,
+        messages: Vec<OutgoingMessage>,
+    ) -> nimbus_core::Result<Vec<String>> {
+        self.inner.send_batch(queue, messages).await
+    }
+    async fn receive(
+        &self,
+        queue: &QueueName,
+        request: ReceiveRequest,
+    ) -> nimbus_core::Result<Vec<nimbus_core::Delivery>> {
+        self.inner.receive(queue, request).await
+    }
+    async fn delete_batch(
+        &self,
+        queue: &QueueName,
+        receipts: &[nimbus_core::Receipt],
+    ) -> nimbus_core::Result<()> {
+        tokio::time::sleep(self.stall).await;
+        self.inner.delete_batch(queue, receipts).await
+    }
+    async fn change_visibility(
+        &self,
+        queue: &QueueName,
+        receipt: &nimbus_core::Receipt,
+        timeout: Duration,
+    ) -> nimbus_core::Result<()> {
+        self.inner.change_visibility(queue, receipt, timeout).await
+    }
+    async fn depth(&self, queue: &QueueName) -> nimbus_core::Result<nimbus_core::Depth> {
+        self.inner.depth(queue).await
+    }
+    async fn purge(&self, queue: &QueueName) -> nimbus_core::Result<()> {
+        self.inner.purge(queue).await
+    }
+}
+
+/// Two 10 ms tasks for a worker of one slot on `engine`, freeing slots at `moment`; how long
+/// after the first task's end the second one started.
+async fn gap_between_two_tasks(s: &Setup, engine: Engine, moment: FreeSlot) -> Duration {
+    for id in ["one", "two"] {
+        s.engine
+            .queue
+            .send(&s.work, task(id, "timed", "10"))
+            .await
+            .unwrap();
+    }
+    let timeline = Timeline::default();
+    let mut cfg = config(s, "one-slot");
+    cfg.concurrency = 1;
+    cfg.free_slot = moment;
+    let worker = Worker::new(
+        engine,
+        Handlers::default().with("timed", timeline.clone()),
+        cfg,
+    );
+    let stats = worker.run(CancellationToken::new()).await.unwrap();
+    assert_eq!(stats.succeeded, 2);
+    let mut runs = [timeline.of("one")[0], timeline.of("two")[0]];
+    runs.sort();
+    runs[1].0 - runs[0].1
+}
+
+/// Regression (issue 16, item 8: the window): a slot takes its next task only once its last
+/// task's end is durable, so a worker killed at any moment has at most one finished task per
+/// slot whose end is not recorded (each would run again), and a slot's next task never delays
+/// the record of its last. Before, the slot was freed as soon as the handler returned; that is
+/// still `--free-slot finished`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_takes_its_next_task_once_its_last_end_is_durable() {
+    let stall = Duration::from_millis(1500);
+    for (moment, waits) in [(FreeSlot::Recorded, true), (FreeSlot::Finished, false)] {
+        let s = setup(QueueOptions::default()).await;
+        let stalling = Engine {
+            ledger: Arc::new(StallingEnds {
+                inner: s.engine.ledger.clone(),
+                stall,
+            }),
+            ..s.engine.clone()
+        };
+        let gap = gap_between_two_tasks(&s, stalling, moment).await;
+        assert_eq!(
+            gap >= stall * 9 / 10,
+            waits,
+            "slots freed when {moment}: the second task started {gap:?} after the first ended, with ends held {stall:?}"
+        );
+        assert_all_acknowledged(&s, "both tasks").await;
+    }
+}
+
+/// Regression (issue 16, item 8: the window): the completer makes a batch's ends durable without
+/// waiting for the last batch's reports and acknowledgements. Before, one loop did all three
+/// for a batch before it took the next, and an end waited behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_is_durable_while_the_last_batch_is_still_acknowledged() {
+    let s = setup(QueueOptions::default()).await;
+    let stall = Duration::from_secs(2);
+    let stalling = Engine {
+        queue: Arc::new(StallingAcks {
+            inner: s.engine.queue.clone(),
+            stall,
+        }),
+        ..s.engine.clone()
+    };
+    let started = tokio::time::Instant::now();
+    let gap = tokio::spawn({
+        let s = s.clone();
+        async move { gap_between_two_tasks(&s, stalling, FreeSlot::Recorded).await }
+    });
+    let ended = |id: &str| {
+        let ledger = s.engine.ledger.clone();
+        let key = claim_key(id).unwrap();
+        async move {
+            ledger.get(&key).await.unwrap().is_some_and(|item| {
+                matches!(Claim::decode(&item.value).unwrap(), Claim::Ended { .. })
+            })
+        }
+    };
+    while !(ended("one").await && ended("two").await) {
+        assert!(
+            started.elapsed() < stall,
+            "the second end waited for the first one's acknowledgement"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        s.engine.queue.depth(&s.work).await.unwrap().in_flight,
+        2,
+        "both ends were durable before either message was acknowledged"
+    );
+    let gap = gap.await.unwrap();
+    assert!(
+        gap < stall,
+        "the second task waited {gap:?} for the first one's acknowledgement"
+    );
+    assert_all_acknowledged(&s, "both tasks").await;
+    assert_eq!(reports(&s).await.len(), 2);
 }

@@ -18,6 +18,23 @@ use crate::tasks::KIND;
 /// The ledger partition that lists sessions.
 const SESSIONS: &str = "sessions";
 
+/// The ledger partition of a session's collected reports, one item per task id.
+fn reports_partition(session: Option<&str>) -> String {
+    format!("session#{}", session.unwrap_or("none"))
+}
+
+/// The reports of session `id` collected so far, by task id (items that are not reports are
+/// skipped).
+pub async fn reports(engine: &Engine, id: &str) -> Result<BTreeMap<String, TaskReport>> {
+    Ok(engine
+        .ledger
+        .list(&reports_partition(Some(id)))
+        .await?
+        .into_iter()
+        .filter_map(|(task_id, item)| Some((task_id, serde_json::from_slice(&item.value).ok()?)))
+        .collect())
+}
+
 /// What the ledger keeps about a submitted session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
@@ -144,8 +161,7 @@ pub async fn collect_reports(
         for d in &got {
             match serde_json::from_slice::<TaskReport>(&d.body) {
                 Ok(report) => {
-                    let partition =
-                        format!("session#{}", report.session.as_deref().unwrap_or("none"));
+                    let partition = reports_partition(report.session.as_deref());
                     // A report that cannot be stored (a task id or session longer than the
                     // ledger's keys) is dropped alone, not with the batch it came in.
                     match ItemKey::new(partition, &report.task_id) {
@@ -198,10 +214,7 @@ pub async fn summarize(engine: &Engine, id: &str) -> Result<Summary> {
         submitted: session.total,
         ..Summary::default()
     };
-    for (task_id, item) in engine.ledger.list(&format!("session#{id}")).await? {
-        let Ok(report) = serde_json::from_slice::<TaskReport>(&item.value) else {
-            continue;
-        };
+    for (task_id, report) in reports(engine, id).await? {
         summary.reported += 1;
         match report.status {
             TaskStatus::Succeeded => summary.succeeded += 1,

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use nimbus_core::task::ATTR_TASK_ID;
-use nimbus_core::{Engine, JobState, QueueName, ReceiveRequest, TaskReport, TaskStatus};
+use nimbus_core::{Engine, JobState, QueueName, ReceiveRequest, TaskStatus};
 use nimbus_workloads::atoms::{self, kernel};
 use nimbus_workloads::jobs::JobStore;
 
@@ -44,20 +44,6 @@ pub struct Tally {
     pub wrong_jobs: u64,
     /// Effects seen.
     pub effects: u64,
-}
-
-/// Reported tasks of `session`, by task id.
-pub async fn reports(
-    engine: &Engine,
-    session: &str,
-) -> nimbus_core::Result<BTreeMap<String, TaskReport>> {
-    Ok(engine
-        .ledger
-        .list(&format!("session#{session}"))
-        .await?
-        .into_iter()
-        .filter_map(|(id, item)| Some((id, serde_json::from_slice(&item.value).ok()?)))
-        .collect())
 }
 
 /// What the report of a task that kept killing its workers says.
@@ -97,7 +83,7 @@ pub async fn tasks(
     tally.effects = effects.len() as u64;
     let (mut misreported, mut doubled, mut hits) = (Vec::new(), Vec::new(), 0u64);
     for batch in &book.batches {
-        let reported = reports(engine, &batch.session).await?;
+        let reported = nimbus_workloads::sessions::reports(engine, &batch.session).await?;
         for (n, plan) in batch.plans.iter().enumerate() {
             let id = task_id(&batch.session, n);
             let report = reported.get(&id);

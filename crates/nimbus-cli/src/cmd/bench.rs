@@ -85,6 +85,7 @@ pub async fn run(engine_args: &EngineArgs, cmd: BenchCmd) -> anyhow::Result<()> 
             concurrency,
             no_efficiency,
             celery,
+            free_slot,
         } => {
             anyhow::ensure!(
                 scale > 0.0 && count > 0,
@@ -97,7 +98,7 @@ pub async fn run(engine_args: &EngineArgs, cmd: BenchCmd) -> anyhow::Result<()> 
             if !no_efficiency {
                 efficiency(&slots, scale).await?;
             }
-            throughput(&workers, count, concurrency, celery).await
+            throughput(&workers, count, concurrency, celery, &free_slot).await
         }
     }
 }
@@ -500,24 +501,30 @@ async fn throughput(
     count: usize,
     concurrency: usize,
     celery: bool,
+    free_slot: &[nimbus_worker::FreeSlot],
 ) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the nimbus binary")?;
     let lines = vec!["sleep 0".to_string(); count];
     println!(
-        "\nThroughput: {count} no-op tasks (`sleep 0`) end to end: submit, run, report, collect"
+        "\nThroughput: {count} no-op tasks (`sleep 0`) end to end: submit, run, report, collect ({})",
+        nimbus_bench::cpu_model()
     );
     println!("\n| back end | workers | tasks/s |\n| --- | ---: | ---: |");
-    for &n in workers {
-        let (_dir, db, engine) = scratch_engine()?;
-        prepare(&engine).await?;
-        let processes = WorkerProcesses::start(&exe, &db, n, concurrency)?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let took = submit_and_wait(&engine, &lines).await?;
-        drop(processes);
-        println!(
-            "| nimbus worker processes ({concurrency} slots each), embedded engine | {n} | {:.0} |",
-            count as f64 / took.as_secs_f64()
-        );
+    for &moment in free_slot {
+        let name = moment.name();
+        for &n in workers {
+            let (_dir, db, engine) = scratch_engine()?;
+            prepare(&engine).await?;
+            let extra = ["--free-slot".to_string(), name.to_string()];
+            let processes = WorkerProcesses::start(&exe, &db, n, concurrency, &extra)?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let took = submit_and_wait(&engine, &lines).await?;
+            drop(processes);
+            println!(
+                "| nimbus worker processes ({concurrency} slots each, slot freed when {name}), embedded engine | {n} | {:.0} |",
+                count as f64 / took.as_secs_f64()
+            );
+        }
     }
     for &n in workers {
         let took = tokio::task::spawn_blocking(move || local_pool(n, count)).await?;

@@ -48,6 +48,7 @@ pub async fn run(engine: &EngineArgs, args: WorkerArgs) -> anyhow::Result<()> {
         exit_when_idle: args.exit_when_idle,
         dedup: !args.no_dedup,
         max_crashes: args.max_crashes,
+        free_slot: args.free_slot,
         sweep: Some(nimbus_worker::sweep::SweepConfig {
             retention: args.claim_retention,
             ..Default::default()

@@ -7,6 +7,22 @@ pub mod chaos;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+/// `nimbus` on the AWS engine at a moto server's `endpoint`: the deployment named `prefix`,
+/// blobs under the S3 URL `blobs`, moto's credentials in the environment (the standard AWS chain
+/// reads them there).
+pub fn nimbus_on_moto(endpoint: &str, prefix: &str, blobs: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nimbus"));
+    c.arg("--engine")
+        .arg(format!(
+            "aws://?region=us-east-1&endpoint={endpoint}&prefix={prefix}"
+        ))
+        .args(["--blobs", blobs])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    c
+}
+
 /// A child process killed (SIGKILL) and reaped when dropped.
 pub struct Killed(pub Child);
 
