@@ -426,10 +426,11 @@ pub struct WorkerArgs {
     /// fails for good with a report that says so: it may be what kills its workers.
     #[arg(long, default_value_t = nimbus_worker::DEFAULT_MAX_CRASHES, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_crashes: u32,
-    /// When a finished task's slot takes the next task: `recorded` (once its end is durable,
-    /// so a kill -9 finds at most one unrecorded end per slot) or `finished` (once its handler
-    /// returns). docs/benchmarks.md measures both: tasks run twice per kill, and throughput.
-    #[arg(long, default_value = "recorded")]
+    /// When a finished task's slot takes the next task: `finished` (once its handler returns)
+    /// or `recorded` (once its end is durable, so a worker never holds more unrecorded ends
+    /// than slots, however long its engine stalls). docs/benchmarks.md measures both: tasks run
+    /// twice per kill, and throughput.
+    #[arg(long, default_value = "finished")]
     pub free_slot: nimbus_worker::FreeSlot,
     /// Stop (cleanly) when the process that started this worker ends, even by kill -9: what an
     /// autoscaler's local workers do.
@@ -838,7 +839,7 @@ pub enum BenchCmd {
         celery: bool,
         /// When the workers free a finished task's slot (`recorded`, `finished`; a list runs
         /// the throughput table for each).
-        #[arg(long, value_delimiter = ',', default_value = "recorded")]
+        #[arg(long, value_delimiter = ',', default_value = "finished")]
         free_slot: Vec<nimbus_worker::FreeSlot>,
     },
     /// A chaos run: `nimbus web` and worker processes under a mixed workload (shell tasks with

@@ -1264,11 +1264,10 @@ async fn gap_between_two_tasks(s: &Setup, engine: Engine, moment: FreeSlot) -> D
     runs[1].0 - runs[0].1
 }
 
-/// Regression (issue 16, item 8: the window): a slot takes its next task only once its last
-/// task's end is durable, so a worker killed at any moment has at most one finished task per
-/// slot whose end is not recorded (each would run again), and a slot's next task never delays
-/// the record of its last. Before, the slot was freed as soon as the handler returned; that is
-/// still `--free-slot finished`.
+/// Issue 16, item 8 (the window): with `--free-slot recorded` a slot takes its next task only
+/// once its last task's end is durable, so a worker killed at any moment, however long its
+/// engine stalled, has at most one finished task per slot whose end is not recorded (each would
+/// run again). The default, `finished`, frees the slot when the handler returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_takes_its_next_task_once_its_last_end_is_durable() {
     let stall = Duration::from_millis(1500);
