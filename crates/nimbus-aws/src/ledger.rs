@@ -10,7 +10,6 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use nimbus_core::ledger::check_value;
 use nimbus_core::{Condition, Error, ErrorKind, Item, ItemKey, Ledger, Order, Page, Result};
 
 use crate::error::{malformed, sdk_error};
@@ -159,7 +158,6 @@ impl DynamoLedger {
 #[async_trait]
 impl Ledger for DynamoLedger {
     async fn put(&self, key: &ItemKey, value: Bytes, condition: Condition) -> Result<Option<u64>> {
-        check_value(&value)?;
         let mut update = "SET ver = if_not_exists(ver, :zero) + :one".to_string();
         let mut values = HashMap::from([(":zero".to_string(), n(0)), (":one".to_string(), n(1))]);
         if value.is_empty() {
@@ -305,7 +303,6 @@ impl Ledger for DynamoLedger {
     }
 
     async fn list(&self, partition: &str) -> Result<Vec<(String, Item)>> {
-        nimbus_core::ledger::check_key("partition", partition)?;
         let pages: Vec<Vec<Attrs>> = self
             .clients
             .dynamodb
@@ -336,7 +333,6 @@ impl Ledger for DynamoLedger {
     }
 
     async fn list_page(&self, page: Page<'_>) -> Result<Vec<(String, Item)>> {
-        nimbus_core::ledger::check_page(&page)?;
         let forward = page.order == Order::Ascending;
         let mut condition = "pk = :pk".to_string();
         let mut values = HashMap::from([(

@@ -192,12 +192,12 @@ impl AwsEngine {
 
     /// The four services, with blobs at `location`.
     pub fn engine(&self, location: &S3Location) -> Result<Engine> {
-        Ok(Engine {
-            queue: Arc::new(queue::SqsQueue::new(self.clients.clone())),
-            topic: Arc::new(topic::SnsTopic::new(self.clients.clone())),
-            ledger: Arc::new(ledger::DynamoLedger::new(self.clients.clone())),
-            blobs: self.blobs(location)?,
-        })
+        Ok(Engine::new(
+            Arc::new(queue::SqsQueue::new(self.clients.clone())),
+            Arc::new(topic::SnsTopic::new(self.clients.clone())),
+            Arc::new(ledger::DynamoLedger::new(self.clients.clone())),
+            self.blobs(location)?,
+        ))
     }
 }
 

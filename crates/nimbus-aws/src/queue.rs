@@ -12,7 +12,7 @@ use aws_sdk_sqs::types::{
 };
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use nimbus_core::queue::{check_batch, check_visibility, Attributes};
+use nimbus_core::queue::Attributes;
 use nimbus_core::{
     DeadLetter, Delivery, Depth, Error, ErrorKind, OutgoingMessage, Queue, QueueName, QueueOptions,
     Receipt, ReceiveRequest, Result,
@@ -258,23 +258,15 @@ impl SqsQueue {
         name: &QueueName,
         options: &QueueOptions,
     ) -> Result<HashMap<QueueAttributeName, String>> {
-        let whole = |what: &str, d: Duration| {
-            if d.subsec_nanos() == 0 {
-                Ok(d.as_secs().to_string())
-            } else {
-                Err(Error::invalid(format!(
-                    "{what} {d:?} is not a whole number of seconds, which SQS counts in"
-                )))
-            }
-        };
+        // Whole seconds: the core rules refuse options with a fraction of one.
         let mut attrs = HashMap::from([
             (
                 QueueAttributeName::VisibilityTimeout,
-                whole("visibility timeout", options.visibility_timeout)?,
+                options.visibility_timeout.as_secs().to_string(),
             ),
             (
                 QueueAttributeName::MessageRetentionPeriod,
-                whole("retention", options.retention)?,
+                options.retention.as_secs().to_string(),
             ),
             (
                 QueueAttributeName::MaximumMessageSize,
@@ -583,7 +575,6 @@ fn delivery(queue: &QueueName, message: Message) -> Option<Delivery> {
 #[async_trait]
 impl Queue for SqsQueue {
     async fn create_queue(&self, name: &QueueName, options: &QueueOptions) -> Result<()> {
-        options.validate(name)?;
         let attributes = self.create_attributes(name, options).await?;
         let out = self
             .clients
@@ -664,7 +655,6 @@ impl Queue for SqsQueue {
         queue: &QueueName,
         messages: Vec<OutgoingMessage>,
     ) -> Result<Vec<String>> {
-        check_batch("send", messages.len())?;
         let info = self.info(queue).await?;
         for m in &messages {
             m.validate(queue, &info.options)?;
@@ -708,7 +698,6 @@ impl Queue for SqsQueue {
     }
 
     async fn receive(&self, queue: &QueueName, request: ReceiveRequest) -> Result<Vec<Delivery>> {
-        request.validate()?;
         let info = self.info(queue).await?;
         let visibility = request.visibility_timeout.map(ceil_secs);
         let wanted = request.max_messages;
@@ -755,7 +744,6 @@ impl Queue for SqsQueue {
     }
 
     async fn delete_batch(&self, queue: &QueueName, receipts: &[Receipt]) -> Result<()> {
-        check_batch("delete", receipts.len())?;
         let info = self.info(queue).await?;
         let chunks: Vec<Vec<Receipt>> = receipts
             .chunks(SQS_BATCH)
@@ -776,7 +764,6 @@ impl Queue for SqsQueue {
         receipt: &Receipt,
         timeout: Duration,
     ) -> Result<()> {
-        check_visibility(timeout)?;
         let info = self.info(queue).await?;
         self.clients
             .sqs

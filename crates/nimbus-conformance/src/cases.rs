@@ -1093,3 +1093,274 @@ pub async fn a_zero_visibility_receive_hands_out_each_message_once(h: &Harness) 
         bodies(&got)
     );
 }
+
+/// Every rule of `nimbus_core::validate`, refused as invalid input with a message naming what
+/// is wrong, on every engine; a batch with one bad item writes none of it (the AWS ledger once
+/// wrote the items before a refused one).
+pub async fn every_core_rule_is_refused_alike_and_a_refused_batch_writes_nothing(h: &Harness) {
+    async fn refused<T>(
+        what: &str,
+        names: &str,
+        call: impl std::future::Future<Output = nimbus_core::Result<T>>,
+    ) {
+        match call.await {
+            Ok(_) => panic!("{what} was accepted"),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::InvalidInput, "{what}: {e}");
+                assert!(
+                    e.to_string().contains(names),
+                    "{what}: `{e}` does not name `{names}`"
+                );
+            }
+        }
+    }
+    let (queue, topic, ledger) = (&h.engine.queue, &h.engine.topic, &h.engine.ledger);
+    let name = h.queue_name("rules");
+    let with = |f: fn(&mut QueueOptions)| {
+        let mut o = QueueOptions::default();
+        f(&mut o);
+        o
+    };
+    let cases: [(&str, &str, QueueOptions); 7] = [
+        (
+            "a 13 h visibility timeout",
+            "visibility",
+            with(|o| o.visibility_timeout = Duration::from_secs(13 * 3600)),
+        ),
+        (
+            "a visibility timeout of 1.5 s",
+            "visibility_timeout",
+            with(|o| o.visibility_timeout = Duration::from_millis(1500)),
+        ),
+        (
+            "a retention of 30 s",
+            "retention",
+            with(|o| o.retention = Duration::from_secs(30)),
+        ),
+        (
+            "a message size limit of 0",
+            "max_message_bytes",
+            with(|o| o.max_message_bytes = 0),
+        ),
+        (
+            "content-based deduplication on a standard queue",
+            "content_based_dedup",
+            with(|o| o.content_based_dedup = true),
+        ),
+        (
+            "a dead-letter queue after 0 receives",
+            "max_receives",
+            QueueOptions {
+                dead_letter: Some(DeadLetter {
+                    queue: QueueName::new("elsewhere").unwrap(),
+                    max_receives: 0,
+                }),
+                ..QueueOptions::default()
+            },
+        ),
+        (
+            "a FIFO dead-letter queue for a standard queue",
+            "same type",
+            QueueOptions {
+                dead_letter: Some(DeadLetter {
+                    queue: QueueName::new("elsewhere.fifo").unwrap(),
+                    max_receives: 3,
+                }),
+                ..QueueOptions::default()
+            },
+        ),
+    ];
+    for (what, names, options) in cases {
+        refused(what, names, queue.create_queue(&name, &options)).await;
+    }
+    let own = QueueOptions {
+        dead_letter: Some(DeadLetter {
+            queue: name.clone(),
+            max_receives: 3,
+        }),
+        ..QueueOptions::default()
+    };
+    refused(
+        "a queue that is its own dead-letter queue",
+        "own dead-letter",
+        queue.create_queue(&name, &own),
+    )
+    .await;
+    assert!(
+        !queue.list_queues().await.unwrap().contains(&name),
+        "no refused create made the queue"
+    );
+
+    let q = h.queue("rules-ok", QueueOptions::default()).await.unwrap();
+    let fq = h
+        .queue("rules-ok.fifo", QueueOptions::default())
+        .await
+        .unwrap();
+    let many: Attributes = (0..11)
+        .map(|i| (format!("a{i}"), "v".to_string()))
+        .collect();
+    let bad_messages = [
+        (
+            "11 attributes",
+            "attributes",
+            &q,
+            OutgoingMessage {
+                attributes: many,
+                ..OutgoingMessage::new("m")
+            },
+        ),
+        (
+            "an empty attribute name",
+            "attribute name",
+            &q,
+            OutgoingMessage::new("m").attribute("", "v"),
+        ),
+        (
+            "a 16 min delay",
+            "delay",
+            &q,
+            OutgoingMessage::new("m").delay(Duration::from_secs(16 * 60)),
+        ),
+        (
+            "a group id on a standard queue",
+            "FIFO",
+            &q,
+            OutgoingMessage::new("m").group("g"),
+        ),
+        (
+            "a FIFO message without a group",
+            "group_id",
+            &fq,
+            OutgoingMessage::new("m").dedup_id("d"),
+        ),
+        (
+            "a FIFO group id with a space",
+            "group_id",
+            &fq,
+            OutgoingMessage::new("m").group("a b").dedup_id("d"),
+        ),
+        (
+            "a delay on a FIFO message",
+            "delay",
+            &fq,
+            OutgoingMessage::new("m")
+                .group("g")
+                .dedup_id("d")
+                .delay(Duration::from_secs(1)),
+        ),
+    ];
+    for (what, names, target, message) in bad_messages {
+        // A valid message first: the batch must be refused whole.
+        let fine = if target.is_fifo() {
+            OutgoingMessage::new("fine").group("g").dedup_id("fine")
+        } else {
+            OutgoingMessage::new("fine")
+        };
+        refused(what, names, queue.send_batch(target, vec![fine, message])).await;
+    }
+    for target in [&q, &fq] {
+        assert_eq!(
+            queue.depth(target).await.unwrap(),
+            Default::default(),
+            "a batch with a refused message sends none of it"
+        );
+    }
+    refused(
+        "a delete of no receipts",
+        "batch",
+        queue.delete_batch(&q, &[]),
+    )
+    .await;
+    let sent = queue.send(&q, OutgoingMessage::new("m")).await.unwrap();
+    let got = recv(h, &q, 1, h.ticks(30)).await;
+    assert_eq!(got.len(), 1, "message {sent} is received");
+    refused(
+        "a visibility change to 13 h",
+        "visibility",
+        queue.change_visibility(&q, &got[0].receipt, Duration::from_secs(13 * 3600)),
+    )
+    .await;
+
+    let t = h.topic("rules").await.unwrap();
+    refused(
+        "a FIFO queue subscribed to a topic",
+        "FIFO",
+        topic.subscribe(&t, &fq, None),
+    )
+    .await;
+    refused(
+        "a filter of no keys",
+        "filter",
+        topic.subscribe(&t, &q, Some(Filter::default())),
+    )
+    .await;
+    let six: BTreeMap<String, Vec<String>> = (0..6)
+        .map(|i| (format!("k{i}"), vec!["v".to_string()]))
+        .collect();
+    refused(
+        "a filter of 6 keys",
+        "keys",
+        topic.subscribe(&t, &q, Some(Filter(six))),
+    )
+    .await;
+    refused(
+        "a 257 KiB publish",
+        "topic limit",
+        topic.publish(&t, Bytes::from(vec![b'x'; 257 * 1024]), Attributes::new()),
+    )
+    .await;
+
+    let part = format!("{}-rules", h.prefix);
+    let key = |s: &str| ItemKey::new(&part, s).unwrap();
+    let huge = Bytes::from(vec![b'x'; nimbus_core::ledger::MAX_ITEM_BYTES + 1]);
+    refused(
+        "a 400 KiB + 1 value",
+        "item value",
+        ledger.put(&key("huge"), huge.clone(), Condition::Always),
+    )
+    .await;
+    let raw_key = ItemKey {
+        partition: part.clone(),
+        sort: "s".repeat(nimbus_core::ledger::MAX_KEY_BYTES + 1),
+    };
+    refused("a sort key of 1025 bytes", "sort key", ledger.get(&raw_key)).await;
+    refused(
+        "a counter on an empty partition",
+        "partition",
+        ledger.add(
+            &ItemKey {
+                partition: String::new(),
+                sort: "s".into(),
+            },
+            1,
+        ),
+    )
+    .await;
+    refused(
+        "a listing of an empty partition",
+        "partition",
+        ledger.list(""),
+    )
+    .await;
+    let page = nimbus_core::Page {
+        partition: &part,
+        after: None,
+        limit: 0,
+        order: nimbus_core::Order::Ascending,
+    };
+    refused("a page of 0 items", "limit", ledger.list_page(page)).await;
+    refused(
+        "a batch whose last item is too large",
+        "item 1 of the batch",
+        ledger.put_batch(vec![
+            (key("first"), Bytes::from("fine"), Condition::Always),
+            (key("second"), huge, Condition::Always),
+        ]),
+    )
+    .await;
+    assert_eq!(
+        ledger.get(&key("first")).await.unwrap(),
+        None,
+        "a refused batch wrote none of its items"
+    );
+}

@@ -204,6 +204,7 @@ macro_rules! conformance_suite {
             fifo_group_is_held_by_any_message_in_flight,
             a_zero_visibility_receive_hands_out_each_message_once,
             blobs_put_get_list_delete,
+            every_core_rule_is_refused_alike_and_a_refused_batch_writes_nothing,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {

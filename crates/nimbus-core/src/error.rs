@@ -103,6 +103,12 @@ impl Error {
         self
     }
 
+    /// Puts `what` in front of the message (`what: message`), keeping the kind and the source.
+    pub fn context(mut self, what: impl fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+
     /// The engine-neutral kind.
     pub fn kind(&self) -> ErrorKind {
         self.kind

@@ -9,6 +9,7 @@ pub mod names;
 pub mod queue;
 pub mod task;
 pub mod topic;
+pub mod validate;
 
 use std::sync::Arc;
 
@@ -28,7 +29,11 @@ pub use topic::{Filter, Subscription, Topic};
 ///
 /// Blobs are `object_store`'s [`ObjectStore`] as it is: a local directory on the embedded
 /// engine, S3 on the AWS engine.
+///
+/// Made by [`Engine::new`] only (the struct is `non_exhaustive`), which puts every service
+/// behind the core rules.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct Engine {
     /// Queues (SQS).
     pub queue: Arc<dyn Queue>,
@@ -38,6 +43,37 @@ pub struct Engine {
     pub ledger: Arc<dyn Ledger>,
     /// Blobs (S3).
     pub blobs: Arc<dyn ObjectStore>,
+}
+
+impl Engine {
+    /// The engine of these services, each behind the core rules ([`validate`]): the one way an
+    /// engine is made, so that every engine refuses the same calls the same way.
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        topic: Arc<dyn Topic>,
+        ledger: Arc<dyn Ledger>,
+        blobs: Arc<dyn ObjectStore>,
+    ) -> Self {
+        Self {
+            queue: Arc::new(validate::CheckedQueue(queue)),
+            topic: Arc::new(validate::CheckedTopic(topic)),
+            ledger: Arc::new(validate::CheckedLedger(ledger)),
+            blobs,
+        }
+    }
+
+    /// The same engine with its queue service replaced (behind the core rules too): what a
+    /// test does to put a fault in front of one service.
+    pub fn with_queue(mut self, queue: Arc<dyn Queue>) -> Self {
+        self.queue = Arc::new(validate::CheckedQueue(queue));
+        self
+    }
+
+    /// The same engine with its ledger replaced (behind the core rules too).
+    pub fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        self.ledger = Arc::new(validate::CheckedLedger(ledger));
+        self
+    }
 }
 
 impl std::fmt::Debug for Engine {

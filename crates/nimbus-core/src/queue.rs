@@ -79,6 +79,18 @@ impl QueueOptions {
     /// Checks the options for a queue called `name`; the error names the offending field.
     pub fn validate(&self, name: &QueueName) -> Result<()> {
         check_visibility(self.visibility_timeout)?;
+        for (what, d) in [
+            ("visibility_timeout", self.visibility_timeout),
+            ("retention", self.retention),
+        ] {
+            // SQS keeps a queue's durations in whole seconds: a fraction would be honoured by
+            // one engine and not by another.
+            if d.subsec_nanos() != 0 {
+                return Err(Error::invalid(format!(
+                    "{what} {d:?} is not a whole number of seconds"
+                )));
+            }
+        }
         let (lo, hi) = RETENTION_RANGE;
         if self.retention < lo || self.retention > hi {
             return Err(Error::invalid(format!(
@@ -173,9 +185,10 @@ impl OutgoingMessage {
         self.body.len() + attributes_size(&self.attributes)
     }
 
-    /// Checks the message against the queue it goes to; the error names the field.
+    /// Checks the message against the queue it goes to and that queue's options; the error
+    /// names the field.
     pub fn validate(&self, queue: &QueueName, options: &QueueOptions) -> Result<()> {
-        check_attributes(&self.attributes)?;
+        self.check_shape(queue)?;
         if self.size() > options.max_message_bytes {
             return Err(Error::invalid(format!(
                 "message of {} bytes is over the limit of queue `{queue}` ({} bytes); put large payloads in blobs",
@@ -183,6 +196,18 @@ impl OutgoingMessage {
                 options.max_message_bytes
             )));
         }
+        if queue.is_fifo() && self.dedup_id.is_none() && !options.content_based_dedup {
+            return Err(Error::invalid(format!(
+                "dedup_id is required on FIFO queue `{queue}`, which has no content-based deduplication"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The rules that need no queue options: attributes, delay, and the FIFO fields against the
+    /// queue's kind (what [`crate::validate`] checks in front of every engine).
+    pub fn check_shape(&self, queue: &QueueName) -> Result<()> {
+        check_attributes(&self.attributes)?;
         if self.delay > MAX_DELAY {
             return Err(Error::invalid(format!(
                 "delay {:?} is over the limit of {MAX_DELAY:?}",
@@ -199,14 +224,8 @@ impl OutgoingMessage {
                 Error::invalid(format!("group_id is required on FIFO queue `{queue}`"))
             })?;
             check_id("group_id", group)?;
-            match &self.dedup_id {
-                Some(id) => check_id("dedup_id", id)?,
-                None if !options.content_based_dedup => {
-                    return Err(Error::invalid(format!(
-                        "dedup_id is required on FIFO queue `{queue}`, which has no content-based deduplication"
-                    )))
-                }
-                None => {}
+            if let Some(id) = &self.dedup_id {
+                check_id("dedup_id", id)?;
             }
         } else if self.group_id.is_some() || self.dedup_id.is_some() {
             return Err(Error::invalid(format!(

@@ -3,7 +3,6 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use nimbus_core::ledger::{check_key, check_value};
 use nimbus_core::{Condition, Item, ItemKey, Ledger, Order, Page, Result};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
@@ -51,16 +50,12 @@ fn item(r: &rusqlite::Row<'_>, from: usize) -> rusqlite::Result<Item> {
 #[async_trait]
 impl Ledger for SqliteEngine {
     async fn put(&self, key: &ItemKey, value: Bytes, condition: Condition) -> Result<Option<u64>> {
-        check_value(&value)?;
         let key = key.clone();
         self.call(move |conn| put_one(conn, &key, &value, condition))
             .await
     }
 
     async fn put_batch(&self, items: Vec<(ItemKey, Bytes, Condition)>) -> Result<Vec<Option<u64>>> {
-        for (_, value, _) in &items {
-            check_value(value)?;
-        }
         self.call(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -125,7 +120,6 @@ impl Ledger for SqliteEngine {
     }
 
     async fn list(&self, partition: &str) -> Result<Vec<(String, Item)>> {
-        check_key("partition", partition)?;
         let partition = partition.to_string();
         self.call(move |conn| {
             let mut stmt = conn
@@ -138,7 +132,6 @@ impl Ledger for SqliteEngine {
     }
 
     async fn list_page(&self, page: Page<'_>) -> Result<Vec<(String, Item)>> {
-        nimbus_core::ledger::check_page(&page)?;
         let (partition, after) = (page.partition.to_string(), page.after.map(str::to_string));
         let (limit, order) = (page.limit as i64, page.order);
         self.call(move |conn| {

@@ -122,12 +122,12 @@ impl SqliteEngine {
             Error::new(ErrorKind::Unavailable, "cannot open blob directory").with_source(e)
         })?;
         let shared = Arc::new(self);
-        Ok(Engine {
-            queue: shared.clone(),
-            topic: shared.clone(),
-            ledger: shared,
-            blobs: Arc::new(blobs),
-        })
+        Ok(Engine::new(
+            shared.clone(),
+            shared.clone(),
+            shared,
+            Arc::new(blobs),
+        ))
     }
 
     /// Runs `work` on the connection on a blocking thread.

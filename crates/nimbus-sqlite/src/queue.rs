@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use nimbus_core::queue::{check_batch, check_visibility, Attributes, DEDUP_WINDOW};
+use nimbus_core::queue::{Attributes, DEDUP_WINDOW};
 use nimbus_core::{
     DeadLetter, Delivery, Depth, Error, OutgoingMessage, Queue, QueueName, QueueOptions, Receipt,
     ReceiveRequest, Result,
@@ -328,7 +328,6 @@ impl SqliteEngine {
 #[async_trait]
 impl Queue for SqliteEngine {
     async fn create_queue(&self, name: &QueueName, options: &QueueOptions) -> Result<()> {
-        options.validate(name)?;
         let (name, options) = (name.clone(), options.clone());
         self.call(move |conn| {
             let tx = immediate(conn)?;
@@ -405,7 +404,6 @@ impl Queue for SqliteEngine {
         queue: &QueueName,
         messages: Vec<OutgoingMessage>,
     ) -> Result<Vec<String>> {
-        check_batch("send", messages.len())?;
         let name = queue.clone();
         let ids = self
             .call(move |conn| {
@@ -424,7 +422,6 @@ impl Queue for SqliteEngine {
     }
 
     async fn receive(&self, queue: &QueueName, request: ReceiveRequest) -> Result<Vec<Delivery>> {
-        request.validate()?;
         let waiter = self.waiter(queue.as_str());
         let deadline = tokio::time::Instant::now() + request.wait;
         loop {
@@ -449,7 +446,6 @@ impl Queue for SqliteEngine {
     }
 
     async fn delete_batch(&self, queue: &QueueName, receipts: &[Receipt]) -> Result<()> {
-        check_batch("delete", receipts.len())?;
         let parsed = receipts
             .iter()
             .map(parse_receipt)
@@ -480,7 +476,6 @@ impl Queue for SqliteEngine {
         receipt: &Receipt,
         timeout: Duration,
     ) -> Result<()> {
-        check_visibility(timeout)?;
         let (id, token) = parse_receipt(receipt)?;
         let (name, receipt) = (queue.clone(), receipt.clone());
         self.call(move |conn| {

@@ -4,7 +4,6 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_core::queue::Attributes;
-use nimbus_core::topic::{check_publish, check_subscribe};
 use nimbus_core::{
     Error, Filter, OutgoingMessage, QueueName, Result, Subscription, Topic, TopicName,
 };
@@ -89,7 +88,6 @@ impl Topic for SqliteEngine {
         queue: &QueueName,
         filter: Option<Filter>,
     ) -> Result<Subscription> {
-        check_subscribe(queue, filter.as_ref())?;
         let (topic, queue) = (topic.clone(), queue.clone());
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_error)?;
@@ -153,7 +151,6 @@ impl Topic for SqliteEngine {
         body: Bytes,
         attributes: Attributes,
     ) -> Result<String> {
-        check_publish(&body, &attributes)?;
         let topic = topic.clone();
         let (message_id, fed) = self
             .call(move |conn| {

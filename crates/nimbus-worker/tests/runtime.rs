@@ -395,13 +395,10 @@ async fn a_stalled_completer_keeps_the_lease_so_no_second_worker_runs_the_task()
         .await
         .unwrap();
     let probe = Probe::default();
-    let stalling = Engine {
-        ledger: Arc::new(StallingEnds {
-            inner: s.engine.ledger.clone(),
-            stall: Duration::from_secs(4),
-        }),
-        ..s.engine.clone()
-    };
+    let stalling = s.engine.clone().with_ledger(Arc::new(StallingEnds {
+        inner: s.engine.ledger.clone(),
+        stall: Duration::from_secs(4),
+    }));
     let lease = Duration::from_secs(1);
     let mut first = config(&s, "stalled-completer");
     first.visibility = lease;
@@ -1273,13 +1270,10 @@ async fn a_slot_takes_its_next_task_once_its_last_end_is_durable() {
     let stall = Duration::from_millis(1500);
     for (moment, waits) in [(FreeSlot::Recorded, true), (FreeSlot::Finished, false)] {
         let s = setup(QueueOptions::default()).await;
-        let stalling = Engine {
-            ledger: Arc::new(StallingEnds {
-                inner: s.engine.ledger.clone(),
-                stall,
-            }),
-            ..s.engine.clone()
-        };
+        let stalling = s.engine.clone().with_ledger(Arc::new(StallingEnds {
+            inner: s.engine.ledger.clone(),
+            stall,
+        }));
         let gap = gap_between_two_tasks(&s, stalling, moment).await;
         assert_eq!(
             gap >= stall * 9 / 10,
@@ -1297,13 +1291,10 @@ async fn a_slot_takes_its_next_task_once_its_last_end_is_durable() {
 async fn an_end_is_durable_while_the_last_batch_is_still_acknowledged() {
     let s = setup(QueueOptions::default()).await;
     let stall = Duration::from_secs(2);
-    let stalling = Engine {
-        queue: Arc::new(StallingAcks {
-            inner: s.engine.queue.clone(),
-            stall,
-        }),
-        ..s.engine.clone()
-    };
+    let stalling = s.engine.clone().with_queue(Arc::new(StallingAcks {
+        inner: s.engine.queue.clone(),
+        stall,
+    }));
     let started = tokio::time::Instant::now();
     let gap = tokio::spawn({
         let s = s.clone();

@@ -369,7 +369,9 @@ fn scratch_engine() -> anyhow::Result<(tempfile::TempDir, std::path::PathBuf, ni
 async fn engine(bench: EngineBench, baseline: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let sqlite = SqliteEngine::open(dir.path().join("bench.db"), SqliteOptions::default())?;
-    let queue: Arc<dyn nimbus_core::Queue> = Arc::new(sqlite);
+    // Behind the core rules, as every engine's queue is.
+    let queue: Arc<dyn nimbus_core::Queue> =
+        Arc::new(nimbus_core::validate::CheckedQueue(Arc::new(sqlite)));
     println!(
         "embedded engine (sqlite, WAL, synchronous=NORMAL: durable against process crash), {} messages of {} bytes, median of {} runs",
         bench.messages, bench.payload, bench.runs
