@@ -59,7 +59,7 @@ pub struct WorkerConfig {
 /// effect and the durable record of its end runs that task again on the next delivery (the
 /// documented window); how many tasks are inside it at a kill is, by Little's law, the rate at
 /// which tasks end times how long an end waits to be recorded. docs/benchmarks.md measures
-/// both: the same tasks run twice per kill within the noise, and `Recorded` costs 10 to 20 % of
+/// both: about as many tasks run twice per kill either way, and `Recorded` costs 10 to 20 % of
 /// the throughput of no-op tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum FreeSlot {

@@ -195,6 +195,22 @@ impl Report {
         self.faults.values().sum()
     }
 
+    /// Tasks run twice inside the window because their worker was killed, per worker killed
+    /// (one per worker kill, the workers' count per kill of everything): what
+    /// `scripts/bench_window.sh` measures under a burst of instant tasks, here under this run's
+    /// mix.
+    pub fn doubled_per_kill(&self) -> f64 {
+        let kind = |k: &str| self.faults.get(k).copied().unwrap_or(0);
+        let kills = kind("KillWorker") + kind("KillAll") * self.workers as u64;
+        let hits = self
+            .tally
+            .window_hits_by
+            .get("Killed")
+            .copied()
+            .unwrap_or(0);
+        hits as f64 / kills.max(1) as f64
+    }
+
     /// The human report.
     pub fn text(&self) -> String {
         let mut out = format!(
@@ -220,6 +236,10 @@ impl Report {
             self.tally.window_hits_by,
             self.tally.effects,
             self.tally.wrong_jobs
+        );
+        out += &format!(
+            "  run twice inside the window after a kill: {:.2} per worker killed\n",
+            self.doubled_per_kill()
         );
         for c in &self.checks {
             out += &format!(
