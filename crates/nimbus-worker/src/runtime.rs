@@ -659,10 +659,14 @@ async fn resolve_existing(
                     // Its slot is given up while it waits for all of them, so two takeovers
                     // waiting on one worker cannot each hold a slot the other needs.
                     drop(permit);
+                    let waiting = Instant::now();
+                    tracing::info!(task_id = %job.task_id, crashes = tries.crashes, receives = job.delivery.receive_count,
+                        running = shared.running.load(Ordering::Relaxed), "a task whose owner stopped renewing waits to run alone");
                     let Some(alone) = wait_until_alone(shared, &job).await? else {
                         return Ok(());
                     };
-                    tracing::info!(task_id = %job.task_id, crashes = tries.crashes, "taking over, alone, a task whose owner stopped renewing");
+                    tracing::info!(task_id = %job.task_id, crashes = tries.crashes, waited_ms = waiting.elapsed().as_millis(),
+                        "taking over, alone, a task whose owner stopped renewing");
                     return claim_and_start(shared, job, version, tries, alone, done).await;
                 }
                 Decision::Resume(version, tries) => {
