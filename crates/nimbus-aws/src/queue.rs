@@ -657,7 +657,7 @@ impl Queue for SqsQueue {
     ) -> Result<Vec<String>> {
         let info = self.info(queue).await?;
         for m in &messages {
-            m.validate(queue, &info.options)?;
+            m.check_against(queue, &info.options)?;
         }
         let wire = messages
             .into_iter()

@@ -185,10 +185,10 @@ impl OutgoingMessage {
         self.body.len() + attributes_size(&self.attributes)
     }
 
-    /// Checks the message against the queue it goes to and that queue's options; the error
-    /// names the field.
-    pub fn validate(&self, queue: &QueueName, options: &QueueOptions) -> Result<()> {
-        self.check_shape(queue)?;
+    /// The rules that need the queue's stored options (its size limit, content-based
+    /// deduplication): what an engine checks once it has read them; [`Self::check_shape`] was
+    /// checked before, in front of every engine. The error names the field.
+    pub fn check_against(&self, queue: &QueueName, options: &QueueOptions) -> Result<()> {
         if self.size() > options.max_message_bytes {
             return Err(Error::invalid(format!(
                 "message of {} bytes is over the limit of queue `{queue}` ({} bytes); put large payloads in blobs",
@@ -453,6 +453,19 @@ pub trait Queue: Send + Sync {
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+
+    /// Every rule a send meets: the shape (checked in front of every engine), then the queue's
+    /// options (checked by the engine).
+    trait Validate {
+        fn validate(&self, queue: &QueueName, options: &QueueOptions) -> Result<()>;
+    }
+
+    impl Validate for OutgoingMessage {
+        fn validate(&self, queue: &QueueName, options: &QueueOptions) -> Result<()> {
+            self.check_shape(queue)?;
+            self.check_against(queue, options)
+        }
+    }
 
     fn name(s: &str) -> QueueName {
         QueueName::new(s).unwrap()

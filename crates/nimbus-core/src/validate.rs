@@ -3,7 +3,7 @@
 //! the same message, before any engine sees it, and a batch with one bad item writes nothing on
 //! every engine. Only the rules that need a queue's stored options (its message size limit,
 //! content-based deduplication) are left to the engine that holds them, through the same core
-//! function ([`OutgoingMessage::validate`]).
+//! function ([`OutgoingMessage::check_against`]).
 //!
 //! [`Engine::new`]: crate::Engine::new
 

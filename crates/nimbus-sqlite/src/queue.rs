@@ -410,7 +410,7 @@ impl Queue for SqliteEngine {
                 let tx = immediate(conn)?;
                 let row = queue_row(&tx, &name)?;
                 for m in &messages {
-                    m.validate(&name, &row.options)?;
+                    m.check_against(&name, &row.options)?;
                 }
                 let ids = insert_messages(&tx, &name, &row, &messages, now_ms())?;
                 tx.commit().map_err(sql_error)?;

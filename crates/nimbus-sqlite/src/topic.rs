@@ -167,7 +167,7 @@ impl Topic for SqliteEngine {
                     // skipped as SNS skips a failed endpoint; the others still get it.
                     let Some(row) = find_queue(&tx, &queue)? else { continue };
                     let name = QueueName::new(queue.clone())?;
-                    if message.validate(&name, &row.options).is_err() {
+                    if message.check_against(&name, &row.options).is_err() {
                         tracing::warn!(topic = %topic, queue, "message too large for subscribed queue; skipped");
                         continue;
                     }
