@@ -17,7 +17,7 @@ use nimbus_core::{
     Condition, Delivery, Engine, ErrorKind, ItemKey, OutgoingMessage, QueueName, ReceiveRequest,
     Result, TaskReport, TaskStatus, WorkerLoad,
 };
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -175,6 +175,30 @@ struct Shared {
     /// Fires when the grace period is over: running tasks are given back.
     abandon: CancellationToken,
     counters: Counters,
+    /// How many [`Pending`] deliveries there are: while any, nothing is received.
+    pending: Arc<watch::Sender<usize>>,
+}
+
+/// Held by a delivery this worker holds but has not started: one whose task another claim
+/// holds, until that is resolved (a takeover: until it holds every slot, to run alone), and one
+/// that found every slot taken, until it gets one. While any is held the worker receives
+/// nothing: a message received then could find no free slot and wait too, or, before a
+/// takeover, make it wait longer with its message held, and a kill during such a wait spends a
+/// receive of the message for nothing (under dense faults, spent receives dead-lettered tasks
+/// that were not poison).
+struct Pending(Arc<watch::Sender<usize>>);
+
+impl Pending {
+    fn new(count: &Arc<watch::Sender<usize>>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 /// One delivery being worked on.
@@ -324,6 +348,7 @@ impl Worker {
                 last_activity: Mutex::new(Instant::now()),
                 abandon: CancellationToken::new(),
                 counters: Counters::default(),
+                pending: Arc::new(watch::channel(0).0),
             }),
         }
     }
@@ -403,14 +428,24 @@ async fn receive_loop(
 ) {
     let config = &shared.config;
     let mut errors = 0u32;
+    let mut pending = shared.pending.subscribe();
     while !stop.is_cancelled() {
+        tokio::select! {
+            settled = pending.wait_for(|n| *n == 0) => if settled.is_err() { break },
+            () = stop.cancelled() => break,
+        }
         // Wait for a free slot without holding it through the long poll: a worker on several
         // queues must not let an idle queue's poll keep slots from a busy one.
         tokio::select! {
             permit = shared.slots.acquire() => match permit { Ok(p) => drop(p), Err(_) => break },
             () = stop.cancelled() => break,
         }
-        let want = shared.slots.available_permits().clamp(1, config.batch);
+        // The slot may have gone to a takeover waiting for all of them: receive nothing then.
+        let free = shared.slots.available_permits();
+        if free == 0 || *shared.pending.borrow() > 0 {
+            continue;
+        }
+        let want = free.min(config.batch);
         let request = ReceiveRequest::new(want)
             .visibility(config.visibility)
             .wait(config.poll_wait);
@@ -432,9 +467,9 @@ async fn receive_loop(
             continue;
         }
         *lock(&shared.last_activity) = Instant::now();
-        // One free slot per message, taken without waiting: a message that finds none (other
-        // queues took them meanwhile) goes straight back, so received messages never wait
-        // unleased and two receivers can never each hold half of what they need.
+        // One free slot per message, taken without waiting; a message that finds none (another
+        // queue's receiver took them meanwhile) waits for one, leased, one slot at a time, so
+        // two receivers can never each hold half of what they need.
         let mut permits = Vec::with_capacity(got.len());
         while permits.len() < got.len() {
             match shared.slots.clone().try_acquire_owned() {
@@ -442,22 +477,52 @@ async fn receive_loop(
                 Err(_) => break,
             }
         }
-        for d in &got[permits.len()..] {
-            if let Err(e) = shared
-                .engine
-                .queue
-                .change_visibility(&queue, &d.receipt, Duration::ZERO)
-                .await
-            {
-                tracing::debug!(queue = %queue, error = %e, "could not give back a message; it returns after its timeout");
+        let mut jobs: Vec<Job> = got.into_iter().map(|d| job_of(&queue, d)).collect();
+        for job in jobs.split_off(permits.len()) {
+            let pending = Pending::new(&shared.pending);
+            let (shared, done) = (shared.clone(), done.clone());
+            tokio::spawn(async move { wait_for_a_slot(&shared, job, pending, &done).await });
+        }
+        if !jobs.is_empty() {
+            dispatch(&shared, &queue, jobs, permits, &done).await;
+        }
+    }
+}
+
+/// Runs a message that found every slot taken when it arrived (another queue's receiver took
+/// them meanwhile) once a slot frees, keeping it leased meanwhile, for at most half its lease;
+/// then it goes back to the queue. Giving it back at once would spend one of its receives for
+/// nothing: on a worker of four queues the chaos harness saw hundreds a minute, spent from the
+/// same few messages (the oldest are received first) until they neared the dead-letter queue.
+/// The worker receives nothing while it waits (`pending`).
+async fn wait_for_a_slot(
+    shared: &Arc<Shared>,
+    job: Job,
+    pending: Pending,
+    done: &mpsc::Sender<Completion>,
+) {
+    let mut lease_from = Instant::now();
+    let slot = tokio::time::timeout(
+        shared.config.visibility / 2,
+        shared.slots.clone().acquire_owned(),
+    );
+    match keep_leased(shared, &job, &mut lease_from, slot).await {
+        Ok(Some(Ok(Ok(permit)))) => {
+            let queue = job.queue.clone();
+            dispatch(shared, &queue, vec![job], vec![permit], done).await;
+        }
+        Ok(Some(_)) => {
+            tracing::info!(task_id = %job.task_id, "no slot freed within half the lease; the message goes back");
+            if let Err(e) = hide(shared, &job, Duration::ZERO).await {
+                tracing::debug!(task_id = %job.task_id, error = %e, "could not give back a message; it returns after its timeout");
             }
         }
-        let got: Vec<Delivery> = got.into_iter().take(permits.len()).collect();
-        if got.is_empty() {
-            continue;
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(task_id = %job.task_id, error = %e, "lost the lease of a message waiting for a slot; it will be redelivered");
         }
-        dispatch(&shared, &queue, got, permits, &done).await;
     }
+    drop(pending);
 }
 
 /// Reports this worker's load to the ledger every [`WORKER_LOAD_INTERVAL`] until `stop`, then
@@ -528,11 +593,10 @@ fn job_of(queue: &QueueName, delivery: Delivery) -> Job {
 async fn dispatch(
     shared: &Arc<Shared>,
     queue: &QueueName,
-    got: Vec<Delivery>,
+    jobs: Vec<Job>,
     permits: Vec<OwnedSemaphorePermit>,
     done: &mpsc::Sender<Completion>,
 ) {
-    let jobs: Vec<Job> = got.into_iter().map(|d| job_of(queue, d)).collect();
     if !shared.config.dedup {
         for (job, permit) in jobs.into_iter().zip(permits) {
             start(shared, job, permit, done);
@@ -586,7 +650,10 @@ async fn dispatch(
             }
             None => {
                 let (shared, done) = (shared.clone(), done.clone());
-                tokio::spawn(async move { resolve_existing(&shared, job, permit, &done).await });
+                let pending = Pending::new(&shared.pending);
+                tokio::spawn(async move {
+                    resolve_existing(&shared, job, permit, pending, &done).await;
+                });
             }
         }
     }
@@ -609,25 +676,35 @@ async fn fail_at_once(done: &mpsc::Sender<Completion>, job: Job, reason: String)
     }
 }
 
-/// A delivery whose task id was already claimed: decide by the claim's state.
+/// A delivery whose task id was already claimed: decide by the claim's state. A takeover waits
+/// for every slot of the worker, to run alone, and for the probe, at the same time: its
+/// message is held for the longer of the two rather than for both one after the other.
 async fn resolve_existing(
     shared: &Arc<Shared>,
     mut job: Job,
     permit: OwnedSemaphorePermit,
+    pending: Pending,
     done: &mpsc::Sender<Completion>,
 ) {
     let result: Result<()> = async {
         let key = claim_key(&job.task_id)?;
         let ledger = &shared.engine.ledger;
         let queue = &shared.engine.queue;
-        // The version seen expired at the last look, if it was.
-        let mut expired_at: Option<u64> = None;
+        let mut slot = permit;
+        let mut pending = Some(pending);
+        let mut alone = false;
+        let mut lease_from = Instant::now();
+        let waiting = Instant::now();
+        // The lapsed claim's version, and when this delivery first found it so.
+        let mut lapsed: Option<(u64, Instant)> = None;
         loop {
             let Some(item) = ledger.get(&key).await? else {
                 // Released meanwhile (a retry or a shutdown): try once more later.
                 return hide(shared, &job, Duration::from_millis(200)).await;
             };
-            match decide(&Claim::decode(&item.value)?, item.version, &job.delivery.message_id, now_ms()) {
+            let decision = decide(&Claim::decode(&item.value)?, item.version, &job.delivery.message_id, now_ms());
+            tracing::debug!(task_id = %job.task_id, receives = job.delivery.receive_count, ?decision, "a delivery found its task claimed");
+            let (version, tries) = match decision {
                 Decision::AlreadyEnded { report, resend } => {
                     if resend {
                         send_reports(shared, &[(&job, report)]).await?;
@@ -638,40 +715,53 @@ async fn resolve_existing(
                     return Ok(());
                 }
                 Decision::HeldElsewhere(wait) => return hide(shared, &job, wait).await,
-                Decision::TakeOver(version, _) if expired_at != Some(version) => {
-                    // The message stays ours meanwhile: the probe is shorter than its lease.
-                    expired_at = Some(version);
-                    tokio::time::sleep(TAKEOVER_PROBE.min(shared.config.visibility / 2)).await;
-                }
-                Decision::TakeOver(version, tries) => {
-                    let tries = Tries { crashes: tries.crashes + 1, ..tries };
-                    if tries.crashes >= shared.config.max_crashes {
-                        let reason = format!(
-                            "its worker ended while running it {} times (the task may be what kills it); not run again",
-                            tries.crashes
-                        );
-                        tracing::warn!(task_id = %job.task_id, crashes = tries.crashes, "a task that may kill its workers fails for good");
-                        job.version = Some(version);
-                        job.tries = tries;
-                        fail_at_once(done, job, reason).await;
-                        return Ok(());
-                    }
-                    // Its slot is given up while it waits for all of them, so two takeovers
-                    // waiting on one worker cannot each hold a slot the other needs.
-                    drop(permit);
-                    let waiting = Instant::now();
-                    tracing::info!(task_id = %job.task_id, crashes = tries.crashes, receives = job.delivery.receive_count,
-                        running = shared.running.load(Ordering::Relaxed), "a task whose owner stopped renewing waits to run alone");
-                    let Some(alone) = wait_until_alone(shared, &job).await? else {
-                        return Ok(());
-                    };
-                    tracing::info!(task_id = %job.task_id, crashes = tries.crashes, waited_ms = waiting.elapsed().as_millis(),
-                        "taking over, alone, a task whose owner stopped renewing");
-                    return claim_and_start(shared, job, version, tries, alone, done).await;
-                }
                 Decision::Resume(version, tries) => {
-                    return claim_and_start(shared, job, version, tries, permit, done).await;
+                    return claim_and_start(shared, job, version, tries, slot, done).await;
                 }
+                Decision::TakeOver(version, tries) => (version, Tries { crashes: tries.crashes + 1, ..tries }),
+            };
+            if tries.crashes >= shared.config.max_crashes {
+                let reason = format!(
+                    "its worker ended while running it {} times (the task may be what kills it); not run again",
+                    tries.crashes
+                );
+                tracing::warn!(task_id = %job.task_id, crashes = tries.crashes, "a task that may kill its workers fails for good");
+                job.version = Some(version);
+                job.tries = tries;
+                fail_at_once(done, job, reason).await;
+                return Ok(());
+            }
+            let first_seen = match lapsed {
+                Some((seen, since)) if seen == version => since,
+                _ => lapsed.insert((version, Instant::now())).1,
+            };
+            let probe_over = first_seen + TAKEOVER_PROBE.min(shared.config.visibility / 2);
+            if alone && Instant::now() >= probe_over {
+                tracing::info!(task_id = %job.task_id, crashes = tries.crashes, waited_ms = waiting.elapsed().as_millis(),
+                    "taking over, alone, a task whose owner stopped renewing");
+                return claim_and_start(shared, job, version, tries, slot, done).await;
+            }
+            if !alone {
+                tracing::info!(task_id = %job.task_id, crashes = tries.crashes, receives = job.delivery.receive_count,
+                    running = shared.running.load(Ordering::Relaxed), "a task whose owner stopped renewing waits to run alone");
+                // Its slot is given up while it waits for all of them, so two takeovers
+                // waiting on one worker cannot each hold a slot the other needs. One
+                // acquisition for the whole wait: the semaphore is fair, so it keeps its place.
+                drop(slot);
+                let all = u32::try_from(shared.config.concurrency).unwrap_or(u32::MAX);
+                let every_slot = shared.slots.clone().acquire_many_owned(all);
+                let Some(Ok(every_slot)) = keep_leased(shared, &job, &mut lease_from, every_slot).await? else {
+                    return Ok(());
+                };
+                slot = every_slot;
+                alone = true;
+                drop(pending.take());
+            }
+            // Then the rest of the probe, and a second look at the claim: an owner that is
+            // alive records its end or renews meanwhile.
+            let probe = tokio::time::sleep_until(probe_over);
+            if keep_leased(shared, &job, &mut lease_from, probe).await?.is_none() {
+                return Ok(());
             }
         }
     }
@@ -727,20 +817,22 @@ async fn put_running(
         .await
 }
 
-/// Waits until this worker runs nothing else and holds all its slots (nothing is received
-/// meanwhile: the receivers wait for a slot behind it), keeping the message leased; `None`
-/// when the worker gives its tasks up first (the message is released).
-async fn wait_until_alone(shared: &Arc<Shared>, job: &Job) -> Result<Option<OwnedSemaphorePermit>> {
-    let all = u32::try_from(shared.config.concurrency).unwrap_or(u32::MAX);
-    // One acquisition for the whole wait: the semaphore is fair, so it keeps its place.
-    let acquire = shared.slots.clone().acquire_many_owned(all);
-    tokio::pin!(acquire);
-    let mut beat = heartbeat(shared, Instant::now());
+/// Waits for `ready`, holding the delivery's message: its visibility is extended on the
+/// heartbeat's schedule from `lease_from` (when it was last extended, updated here). `None`
+/// when the worker gives its tasks up first: the message is released.
+async fn keep_leased<T>(
+    shared: &Shared,
+    job: &Job,
+    lease_from: &mut Instant,
+    ready: impl std::future::Future<Output = T>,
+) -> Result<Option<T>> {
+    tokio::pin!(ready);
+    let mut beat = heartbeat(shared, *lease_from);
     loop {
         tokio::select! {
-            permit = &mut acquire => return Ok(permit.ok()),
+            out = &mut ready => return Ok(Some(out)),
             _ = beat.tick() => match extend_visibility(shared, job).await {
-                Ok(()) => {}
+                Ok(()) => *lease_from = Instant::now(),
                 Err(e) if e.is_retryable() => tracing::warn!(task_id = %job.task_id, error = %e, "lease not extended yet; retrying"),
                 Err(e) => return Err(e),
             },

@@ -764,6 +764,46 @@ async fn an_idle_queue_does_not_starve_a_busy_one() {
     );
 }
 
+/// Two queues' receivers of one worker both poll for its free slots; when both polls return
+/// at once, the second finds the slots taken by the first. Its messages wait for a slot,
+/// leased, instead of going straight back, which spent a receive of each for nothing (the
+/// chaos harness saw hundreds a minute on a worker of four queues).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_finds_every_slot_taken_waits_for_one_instead_of_going_back() {
+    let s = setup(QueueOptions::default()).await;
+    let other = QueueName::new("other").unwrap();
+    s.engine
+        .queue
+        .create_queue(&other, &QueueOptions::default())
+        .await
+        .unwrap();
+    let worker = spawn_worker(
+        &s,
+        "w1",
+        Handlers::default().with("probe", Probe::default()),
+        |c| {
+            c.queues = vec![s.work.clone(), other.clone()];
+            c.concurrency = 4;
+            c.poll_wait = Duration::from_secs(3);
+        },
+    );
+    // Both receivers are in a long poll for 4 messages by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (queue, name) in [(&s.work, "work"), (&other, "other")] {
+        let batch = (0..4)
+            .map(|i| task(&format!("{name}-{i}"), "probe", "300"))
+            .collect();
+        s.engine.queue.send_batch(queue, batch).await.unwrap();
+    }
+    let stats = worker.await.unwrap();
+    assert_eq!(stats.succeeded, 8);
+    let reports = reports(&s).await;
+    assert_eq!(reports.len(), 8);
+    for r in &reports {
+        assert_eq!(r.attempt, 1, "{} was received {} times", r.task_id, r.attempt);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_reply_queue_does_not_hold_back_the_batch() {
     let s = setup(QueueOptions::default()).await;
@@ -1061,6 +1101,59 @@ async fn a_task_taken_over_from_a_dead_owner_runs_alone() {
         Claim::decode(&item.value).unwrap(),
         Claim::Ended { .. }
     ));
+}
+
+/// While a takeover waits to run alone, its worker receives nothing: a message received then
+/// would find no free slot and go back to the queue, one receive spent for nothing, and under
+/// dense faults those spent receives dead-lettered tasks that were not poison. Here the worker
+/// is in a long poll when two takeovers start waiting; the tasks sent meanwhile must each be
+/// received once, after the takeovers ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_message_is_received_in_vain_while_takeovers_wait_to_run_alone() {
+    let s = setup(QueueOptions::default()).await;
+    let ids = s
+        .engine
+        .queue
+        .send_batch(
+            &s.work,
+            vec![
+                task("running", "timed", "2500"),
+                task("orphan-a", "timed", "300"),
+                task("orphan-b", "timed", "300"),
+            ],
+        )
+        .await
+        .unwrap();
+    plant_dead_owner(&s, "orphan-a", &ids[1], 0).await;
+    plant_dead_owner(&s, "orphan-b", &ids[2], 0).await;
+    let timeline = Timeline::default();
+    let worker = spawn_timed_worker(&s, "w1", &timeline, |c| {
+        c.batch = 3;
+        c.poll_wait = Duration::from_secs(3);
+    });
+    // Past the takeovers' probe (1 s), before the running task ends (2.5 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let late: Vec<_> = (0..4)
+        .map(|i| task(&format!("late-{i}"), "timed", "0"))
+        .collect();
+    s.engine.queue.send_batch(&s.work, late).await.unwrap();
+    let stats = worker.await.unwrap();
+    assert_eq!(stats.succeeded, 7);
+    let reports = reports(&s).await;
+    for r in reports.iter().filter(|r| r.task_id.starts_with("late-")) {
+        assert_eq!(r.attempt, 1, "{} was received {} times", r.task_id, r.attempt);
+    }
+    let orphans_end = ["orphan-a", "orphan-b"]
+        .iter()
+        .map(|id| timeline.of(id)[0].1)
+        .max()
+        .unwrap();
+    for i in 0..4 {
+        assert!(
+            timeline.of(&format!("late-{i}"))[0].0 >= orphans_end,
+            "late-{i} started before both takeovers had run"
+        );
+    }
 }
 
 /// A task whose workers ended under it `max_crashes` times (each time running alone, so it

@@ -238,8 +238,9 @@ impl Report {
             self.tally.wrong_jobs
         );
         out += &format!(
-            "  run twice inside the window after a kill: {:.2} per worker killed\n",
-            self.doubled_per_kill()
+            "  run twice inside the window after a kill: {:.2} per worker killed; the most receives of a task that was not poison: {}\n",
+            self.doubled_per_kill(),
+            self.tally.most_receives
         );
         for c in &self.checks {
             out += &format!(

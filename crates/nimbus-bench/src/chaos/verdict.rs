@@ -44,6 +44,9 @@ pub struct Tally {
     pub wrong_jobs: u64,
     /// Effects seen.
     pub effects: u64,
+    /// The most times a reported task that was not poison had been received: how close the
+    /// run came to dead-lettering one (at the queue's `max_receives`).
+    pub most_receives: u32,
 }
 
 /// What the report of a task that kept killing its workers says.
@@ -88,6 +91,10 @@ pub async fn tasks(
             let id = task_id(&batch.session, n);
             let report = reported.get(&id);
             let status = report.map(|r| r.status);
+            if *plan != Plan::Poison {
+                let receives = report.map_or(0, |r| r.attempt);
+                tally.most_receives = tally.most_receives.max(receives);
+            }
             let ran = by_task.get(id.as_str()).map_or(&[][..], Vec::as_slice);
             let as_planned = match plan {
                 Plan::Effect => status == Some(TaskStatus::Succeeded) && !ran.is_empty(),
