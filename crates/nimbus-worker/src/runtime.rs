@@ -480,8 +480,8 @@ async fn receive_loop(
         let mut jobs: Vec<Job> = got.into_iter().map(|d| job_of(&queue, d)).collect();
         for job in jobs.split_off(permits.len()) {
             let pending = Pending::new(&shared.pending);
-            let (shared, done) = (shared.clone(), done.clone());
-            tokio::spawn(async move { wait_for_a_slot(&shared, job, pending, &done).await });
+            let (shared, done, stop) = (shared.clone(), done.clone(), stop.clone());
+            tokio::spawn(async move { wait_for_a_slot(&shared, job, pending, &stop, &done).await });
         }
         if !jobs.is_empty() {
             dispatch(&shared, &queue, jobs, permits, &done).await;
@@ -494,25 +494,28 @@ async fn receive_loop(
 /// then it goes back to the queue. Giving it back at once would spend one of its receives for
 /// nothing: on a worker of four queues the chaos harness saw hundreds a minute, spent from the
 /// same few messages (the oldest are received first) until they neared the dead-letter queue.
-/// The worker receives nothing while it waits (`pending`).
+/// The worker receives nothing while it waits (`pending`); a worker that stops gives it back.
 async fn wait_for_a_slot(
     shared: &Arc<Shared>,
     job: Job,
     pending: Pending,
+    stop: &CancellationToken,
     done: &mpsc::Sender<Completion>,
 ) {
     let mut lease_from = Instant::now();
-    let slot = tokio::time::timeout(
-        shared.config.visibility / 2,
-        shared.slots.clone().acquire_owned(),
-    );
+    let slot = async {
+        tokio::select! {
+            slot = tokio::time::timeout(shared.config.visibility / 2, shared.slots.clone().acquire_owned()) => slot.ok(),
+            () = stop.cancelled() => None,
+        }
+    };
     match keep_leased(shared, &job, &mut lease_from, slot).await {
-        Ok(Some(Ok(Ok(permit)))) => {
+        Ok(Some(Some(Ok(permit)))) => {
             let queue = job.queue.clone();
             dispatch(shared, &queue, vec![job], vec![permit], done).await;
         }
         Ok(Some(_)) => {
-            tracing::info!(task_id = %job.task_id, "no slot freed within half the lease; the message goes back");
+            tracing::info!(task_id = %job.task_id, "no slot freed within half the lease (or the worker stops); the message goes back");
             if let Err(e) = hide(shared, &job, Duration::ZERO).await {
                 tracing::debug!(task_id = %job.task_id, error = %e, "could not give back a message; it returns after its timeout");
             }
@@ -720,7 +723,13 @@ async fn resolve_existing(
                 }
                 Decision::TakeOver(version, tries) => (version, Tries { crashes: tries.crashes + 1, ..tries }),
             };
-            if tries.crashes >= shared.config.max_crashes {
+            let first_seen = match lapsed {
+                Some((seen, since)) if seen == version => since,
+                _ => lapsed.insert((version, Instant::now())).1,
+            };
+            let probe_over = first_seen + TAKEOVER_PROBE.min(shared.config.visibility / 2);
+            let poison = tries.crashes >= shared.config.max_crashes;
+            if Instant::now() >= probe_over && poison {
                 let reason = format!(
                     "its worker ended while running it {} times (the task may be what kills it); not run again",
                     tries.crashes
@@ -731,17 +740,12 @@ async fn resolve_existing(
                 fail_at_once(done, job, reason).await;
                 return Ok(());
             }
-            let first_seen = match lapsed {
-                Some((seen, since)) if seen == version => since,
-                _ => lapsed.insert((version, Instant::now())).1,
-            };
-            let probe_over = first_seen + TAKEOVER_PROBE.min(shared.config.visibility / 2);
-            if alone && Instant::now() >= probe_over {
+            if Instant::now() >= probe_over && alone {
                 tracing::info!(task_id = %job.task_id, crashes = tries.crashes, waited_ms = waiting.elapsed().as_millis(),
                     "taking over, alone, a task whose owner stopped renewing");
                 return claim_and_start(shared, job, version, tries, slot, done).await;
             }
-            if !alone {
+            if !alone && !poison {
                 tracing::info!(task_id = %job.task_id, crashes = tries.crashes, receives = job.delivery.receive_count,
                     running = shared.running.load(Ordering::Relaxed), "a task whose owner stopped renewing waits to run alone");
                 // Its slot is given up while it waits for all of them, so two takeovers

@@ -1020,6 +1020,21 @@ fn spawn_timed_worker(
     )
 }
 
+/// Sends tasks of the `timed` handler, `(task id, body)`; their message ids.
+async fn send_timed(s: &Setup, tasks: &[(&str, &str)]) -> Vec<String> {
+    let batch = tasks
+        .iter()
+        .map(|(id, body)| task(id, "timed", body))
+        .collect();
+    s.engine.queue.send_batch(&s.work, batch).await.unwrap()
+}
+
+/// Sends four instant tasks, `late-0` to `late-3`.
+async fn send_late_tasks(s: &Setup) {
+    let late = ["late-0", "late-1", "late-2", "late-3"].map(|id| (id, "0"));
+    send_timed(s, &late).await;
+}
+
 async fn plant_dead_owner(s: &Setup, task_id: &str, message_id: &str, crashes: u32) {
     let tries = Tries {
         retries: 0,
@@ -1054,26 +1069,12 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_taken_over_from_a_dead_owner_runs_alone() {
     let s = setup(QueueOptions::default()).await;
-    let ids = s
-        .engine
-        .queue
-        .send_batch(
-            &s.work,
-            vec![
-                task("running", "timed", "2500"),
-                task("orphan", "timed", "1000"),
-            ],
-        )
-        .await
-        .unwrap();
+    let ids = send_timed(&s, &[("running", "2500"), ("orphan", "1000")]).await;
     plant_dead_owner(&s, "orphan", &ids[1], 0).await;
     let timeline = Timeline::default();
     let worker = spawn_timed_worker(&s, "w1", &timeline, |_| {});
     wait_for("the orphan's run", || timeline.started("orphan")).await;
-    let late: Vec<_> = (0..4)
-        .map(|i| task(&format!("late-{i}"), "timed", "0"))
-        .collect();
-    s.engine.queue.send_batch(&s.work, late).await.unwrap();
+    send_late_tasks(&s).await;
     let stats = worker.await.unwrap();
     assert_eq!(stats.succeeded, 6);
     let (running, orphan) = (timeline.of("running")[0], timeline.of("orphan"));
@@ -1111,19 +1112,8 @@ async fn a_task_taken_over_from_a_dead_owner_runs_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_message_is_received_in_vain_while_takeovers_wait_to_run_alone() {
     let s = setup(QueueOptions::default()).await;
-    let ids = s
-        .engine
-        .queue
-        .send_batch(
-            &s.work,
-            vec![
-                task("running", "timed", "2500"),
-                task("orphan-a", "timed", "300"),
-                task("orphan-b", "timed", "300"),
-            ],
-        )
-        .await
-        .unwrap();
+    let tasks = [("running", "2500"), ("orphan-a", "300"), ("orphan-b", "300")];
+    let ids = send_timed(&s, &tasks).await;
     plant_dead_owner(&s, "orphan-a", &ids[1], 0).await;
     plant_dead_owner(&s, "orphan-b", &ids[2], 0).await;
     let timeline = Timeline::default();
@@ -1133,10 +1123,7 @@ async fn no_message_is_received_in_vain_while_takeovers_wait_to_run_alone() {
     });
     // Past the takeovers' probe (1 s), before the running task ends (2.5 s).
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let late: Vec<_> = (0..4)
-        .map(|i| task(&format!("late-{i}"), "timed", "0"))
-        .collect();
-    s.engine.queue.send_batch(&s.work, late).await.unwrap();
+    send_late_tasks(&s).await;
     let stats = worker.await.unwrap();
     assert_eq!(stats.succeeded, 7);
     let reports = reports(&s).await;
