@@ -3,13 +3,14 @@
 //! ledger), `/api/v1/queues` (every queue's depth and dead-letter queue) with a redrive that
 //! moves dead-lettered messages back, and the two pages that show them.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::response::Html;
 use axum::Json;
 use nimbus_core::{OutgoingMessage, QueueName, ReceiveRequest};
 use nimbus_scale::FleetStatus;
+use nimbus_workloads::dead_letters;
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -78,12 +79,15 @@ pub struct Redriven {
     pub moved: usize,
     /// From which dead-letter queue.
     pub from: String,
+    /// Jobs that dead letters had failed, running again.
+    pub jobs_reopened: usize,
 }
 
 /// `POST /api/v1/queues/{name}/redrive`: moves the messages of `name`'s dead-letter queue back to
 /// `name` (at most [`MAX_REDRIVE`]), body and attributes as they were. Each is sent before it is
 /// deleted from the dead-letter queue, so a failure midway duplicates rather than loses one
-/// (and a task's ledger claim runs it once).
+/// (and a task's ledger claim runs it once). A job that a dead letter failed is running again
+/// before its message goes back.
 pub async fn redrive(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -114,19 +118,27 @@ pub async fn redrive(
             )));
         }
     }
-    let mut moved = 0;
+    let (mut moved, mut jobs_reopened) = (0, 0);
     let mut empty_polls = 0;
+    let held_until = Instant::now() + dead_letters::PASS_LEASE + Duration::from_secs(2);
     while moved < MAX_REDRIVE && empty_polls < 3 {
         let request =
             ReceiveRequest::new(100.min(MAX_REDRIVE - moved)).wait(Duration::from_secs(1));
         let got = engine.queue.receive(&dead.queue, request).await?;
         if got.is_empty() {
-            // A receive may come back empty while messages remain (SQS samples its servers).
-            if engine.queue.depth(&dead.queue).await?.visible == 0 {
+            let depth = engine.queue.depth(&dead.queue).await?;
+            // A receive may come back empty while messages remain (SQS samples its servers);
+            // dead letters in flight are being read by the watcher, for a moment.
+            if depth.visible > 0 {
+                empty_polls += 1;
+            } else if depth.in_flight == 0 || Instant::now() >= held_until {
                 break;
             }
-            empty_polls += 1;
             continue;
+        }
+        let mut reopened = 0;
+        for delivery in &got {
+            reopened += usize::from(dead_letters::reopen(&state.store, delivery).await?);
         }
         let messages = got
             .iter()
@@ -145,11 +157,13 @@ pub async fn redrive(
         let receipts: Vec<_> = got.iter().map(|d| d.receipt.clone()).collect();
         engine.queue.delete_batch(&dead.queue, &receipts).await?;
         moved += got.len();
+        jobs_reopened += reopened;
     }
-    tracing::info!(queue = %queue, from = %dead.queue, moved, "dead-lettered messages moved back");
+    tracing::info!(queue = %queue, from = %dead.queue, moved, jobs_reopened, "dead-lettered messages moved back");
     Ok(Json(Redriven {
         moved,
         from: dead.queue.to_string(),
+        jobs_reopened,
     }))
 }
 

@@ -123,12 +123,21 @@ impl AppState {
         }
     }
 
-    /// Creates the queues and topic the web tier sends to and starts this replica's event pump
-    /// (until `shutdown`; the handle ends once the replica's event queue is removed).
+    /// Creates the queues and topic the web tier sends to, starts the watcher of their dead
+    /// letters (which fails the jobs behind them) and this replica's event pump (until
+    /// `shutdown`; the handle ends once the replica's event queue is removed).
     pub async fn start(&self, shutdown: CancellationToken) -> Result<tokio::task::JoinHandle<()>> {
-        self.store
-            .prepare(&nimbus_workloads::kinds::web_queues())
-            .await?;
+        let queues = nimbus_workloads::kinds::web_queues();
+        self.store.prepare(&queues).await?;
+        let queues = queues
+            .into_iter()
+            .map(nimbus_core::QueueName::new)
+            .collect::<Result<Vec<_>>>()?;
+        tokio::spawn(nimbus_workloads::dead_letters::watch(
+            self.store.clone(),
+            queues,
+            shutdown.clone(),
+        ));
         events::start_pump(
             self.store.engine().clone(),
             self.hub.clone(),

@@ -103,7 +103,7 @@ pub fn document() -> Value {
             "/api/v1/queues/{name}/redrive": {
                 "post": { "summary": "Move the messages of the queue's dead-letter queue back to it (at most 10,000 a call)",
                           "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[A-Za-z0-9_-]{1,80}(\\.fifo)?$" } }],
-                          "responses": { "200": { "description": "How many were moved, and from where", "content": { "application/json": { "schema": { "type": "object", "properties": { "moved": { "type": "integer" }, "from": { "type": "string" } } } } } },
+                          "responses": { "200": { "description": "How many were moved, from where, and how many jobs that dead letters had failed run again", "content": { "application/json": { "schema": { "type": "object", "properties": { "moved": { "type": "integer" }, "from": { "type": "string" }, "jobs_reopened": { "type": "integer" } } } } } },
                                          "400": error_response("A bad queue name, or a queue without a dead-letter queue"), "404": error_response("No such queue"),
                                          "409": error_response("The dead-letter queue also takes another queue's messages") } }
             },

@@ -21,20 +21,24 @@ mod common;
 
 use common::{Platform, WorkerSpec};
 
+/// The atoms generator's and solvers' handlers.
+fn atoms_handlers(engine: &Engine) -> Handlers {
+    let store = JobStore::new(engine.clone());
+    Handlers::default()
+        .with(atoms::GENERATE, atoms::GenerateHandler::new(store.clone()))
+        .with(atoms::SOLVE, atoms::SolveHandler::new(store))
+}
+
+/// A worker of the atoms generator and solvers.
+const ATOMS_WORKER: WorkerSpec<'static> = WorkerSpec {
+    handlers: &atoms_handlers,
+    queues: &[atoms::GENERATE, atoms::SOLVE],
+    concurrency: 4,
+};
+
 /// The web tier, with the atoms generator and solvers when `with_workers`.
 async fn platform(config: WebConfig, with_workers: bool) -> Platform {
-    let handlers = |engine: &Engine| {
-        let store = JobStore::new(engine.clone());
-        Handlers::default()
-            .with(atoms::GENERATE, atoms::GenerateHandler::new(store.clone()))
-            .with(atoms::SOLVE, atoms::SolveHandler::new(store))
-    };
-    let spec = WorkerSpec {
-        handlers: &handlers,
-        queues: &[atoms::GENERATE, atoms::SOLVE],
-        concurrency: 4,
-    };
-    common::platform(config, with_workers.then_some(spec)).await
+    common::platform(config, with_workers.then_some(ATOMS_WORKER)).await
 }
 
 /// `POST /api/v1/queues/QUEUE/redrive`.
@@ -450,8 +454,8 @@ async fn over_a_real_socket_on_port_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queues_view_shows_depths_and_a_redrive_moves_dead_letters_back() {
-    use nimbus_core::{DeadLetter, OutgoingMessage, QueueName, QueueOptions, ReceiveRequest};
-    let p = platform(WebConfig::default(), false).await;
+    use nimbus_core::{OutgoingMessage, QueueName, ReceiveRequest};
+    let p = common::platform_with_dead_letters(WebConfig::default(), None, &[("work", 1)]).await;
     let (status, v) = call(&p.app, "GET", "/api/v1/fleet", None, Body::empty()).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "no autoscaler yet: {v}");
     assert!(
@@ -464,17 +468,6 @@ async fn the_queues_view_shows_depths_and_a_redrive_moves_dead_letters_back() {
         QueueName::new("work-dead").unwrap(),
     );
     let q = &p.engine.queue;
-    q.create_queue(&dead, &QueueOptions::default())
-        .await
-        .unwrap();
-    let options = QueueOptions {
-        dead_letter: Some(DeadLetter {
-            queue: dead.clone(),
-            max_receives: 1,
-        }),
-        ..QueueOptions::default()
-    };
-    q.create_queue(&work, &options).await.unwrap();
     let poison = OutgoingMessage::new("poison").attribute("kind", "task");
     q.send_batch(&work, vec![poison.clone(), poison])
         .await
@@ -531,6 +524,7 @@ async fn the_queues_view_shows_depths_and_a_redrive_moves_dead_letters_back() {
     let (status, v) = redrive(&p.app, "bad%20name").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     // A dead-letter queue that also takes another queue's messages is not emptied into one.
+    let options = q.queue_options(&work).await.unwrap();
     q.create_queue(&QueueName::new("other").unwrap(), &options)
         .await
         .unwrap();
@@ -551,6 +545,107 @@ async fn the_queues_view_shows_depths_and_a_redrive_moves_dead_letters_back() {
             "{page}"
         );
     }
+}
+
+/// GET a job until `done` holds of it (at most 20 s); the job then.
+async fn job_once(app: &Router, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, v) = call(
+            app,
+            "GET",
+            &format!("/api/v1/jobs/{id}"),
+            None,
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        if done(&v) {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Regression (issue 16): a job whose message was dead-lettered stayed `running` for ever. It
+/// is failed now, naming where its message waits, and a redrive of its queue reopens it and
+/// runs it to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_behind_a_dead_letter_fails_and_a_redrive_runs_it_to_the_end() {
+    use nimbus_core::{QueueName, ReceiveRequest};
+    let p = common::platform_with_dead_letters(WebConfig::default(), None, &[(atoms::GENERATE, 1)])
+        .await;
+    let id = create(&p.app, 8, 20, 3).await;
+    let (generate, dead) = (
+        QueueName::new(atoms::GENERATE).unwrap(),
+        QueueName::new(format!("{}-dead", atoms::GENERATE)).unwrap(),
+    );
+    // A worker that died with the message: the next receive moves it to the dead-letter queue.
+    let request = ReceiveRequest::new(10).visibility(Duration::ZERO);
+    assert_eq!(
+        p.engine
+            .queue
+            .receive(&generate, request)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(p
+        .engine
+        .queue
+        .receive(&generate, request)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let failed = job_once(&p.app, &id, "the watcher fails the job", |v| {
+        v["state"] == "failed"
+    })
+    .await;
+    let error = error_of(&failed);
+    for needle in [
+        "dead-lettered",
+        &format!("task `{id}/generate`"),
+        "atoms-generate-dead",
+        "/api/v1/queues/atoms-generate/redrive",
+    ] {
+        assert!(error.contains(needle), "the error names {needle}: {error}");
+    }
+    let kept = p.engine.queue.depth(&dead).await.unwrap();
+    assert_eq!(
+        kept.visible + kept.in_flight,
+        1,
+        "the dead letter stays where it is"
+    );
+
+    let (status, v) = redrive(&p.app, atoms::GENERATE).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["moved"].as_u64(), v["jobs_reopened"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    let reopened = job_once(&p.app, &id, "reopened", |_| true).await;
+    assert_eq!(reopened["state"], "running", "{reopened}");
+    assert!(
+        reopened.get("error").is_none(),
+        "its error is cleared: {reopened}"
+    );
+
+    p.start_worker(ATOMS_WORKER);
+    let done = job_once(&p.app, &id, "the redriven job ends", |v| {
+        v["state"] != "running"
+    })
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let reference = kernel::reference_minimum(&atoms::generate(20, 8, 3), 8);
+    let minimum = done["result"]["minimum"].as_f64().unwrap();
+    assert!(
+        (minimum - reference.value).abs() <= 1e-4 * reference.value.abs(),
+        "{minimum}"
+    );
 }
 
 /// Regression (issue 16): listing and counting jobs read every record. A page is read alone now,

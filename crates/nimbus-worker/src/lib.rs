@@ -67,6 +67,15 @@ pub struct TaskContext {
 pub trait Handler: Send + Sync {
     /// Runs one task.
     async fn handle(&self, task: &TaskContext) -> Outcome;
+
+    /// The runtime fails the task for good without running it: its workers kept dying under it
+    /// (`--max-crashes`), or its id cannot name a claim. A handler that keeps state of its own
+    /// (a job record) ends it here; the default does nothing. It may be called more than once
+    /// for one task (a worker can die after the call); an error brings the message back later,
+    /// to be failed then.
+    async fn abandoned(&self, _task: &TaskContext, _reason: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Handlers by kind (the message's `kind` attribute).

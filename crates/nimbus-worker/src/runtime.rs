@@ -618,7 +618,7 @@ async fn dispatch(
             job.task_id.len(),
             crate::claim::MAX_TASK_ID_BYTES
         );
-        fail_at_once(done, job, reason).await;
+        fail_at_once(shared, done, job, reason).await;
     }
     let (jobs, permits): (Vec<Job>, Vec<_>) = jobs.into_iter().unzip();
     let claims = jobs
@@ -671,9 +671,29 @@ async fn dispatch(
 /// next try at recording the end. At most half the visibility timeout.
 const TAKEOVER_PROBE: Duration = Duration::from_secs(1);
 
+/// How long a task that fails for good waits to be tried again when its handler could not end
+/// what it keeps of it (the engine was busy).
+const ABANDON_RETRY: Duration = Duration::from_secs(5);
+
 /// Hands a task that cannot run to the completer as failed (its claim, if any, at
-/// `job.version`), without a lease keeper: its end is recorded at once.
-async fn fail_at_once(done: &mpsc::Sender<Completion>, job: Job, reason: String) {
+/// `job.version`), without a lease keeper: its end is recorded at once. Its handler is told
+/// first, so that what it keeps elsewhere (a job record) ends too; when telling it fails, the
+/// message comes back later and the task is failed then.
+async fn fail_at_once(
+    shared: &Arc<Shared>,
+    done: &mpsc::Sender<Completion>,
+    job: Job,
+    reason: String,
+) {
+    if let Some(handler) = shared.handlers.get(&job.kind) {
+        if let Err(e) = handler.abandoned(&context_of(shared, &job), &reason).await {
+            tracing::warn!(task_id = %job.task_id, error = %e, "the handler could not end what it keeps of a task that fails for good; the message comes back");
+            if let Err(e) = hide(shared, &job, ABANDON_RETRY).await {
+                tracing::debug!(task_id = %job.task_id, error = %e, "could not hide the message; it returns after its timeout");
+            }
+            return;
+        }
+    }
     if done.send(Completion::failed(job, reason)).await.is_err() {
         tracing::error!("completer is gone; the task will be redelivered");
     }
@@ -737,7 +757,7 @@ async fn resolve_existing(
                 tracing::warn!(task_id = %job.task_id, crashes = tries.crashes, "a task that may kill its workers fails for good");
                 job.version = Some(version);
                 job.tries = tries;
-                fail_at_once(done, job, reason).await;
+                fail_at_once(shared, done, job, reason).await;
                 return Ok(());
             }
             if Instant::now() >= probe_over && alone {
@@ -900,6 +920,19 @@ fn start(
     });
 }
 
+/// What a handler is told of `job`.
+fn context_of(shared: &Shared, job: &Job) -> TaskContext {
+    TaskContext {
+        task_id: job.task_id.clone(),
+        kind: job.kind.clone(),
+        worker_id: shared.config.worker_id.clone(),
+        queue: job.queue.clone(),
+        delivery: job.delivery.clone(),
+        engine: shared.engine.clone(),
+        cancel: CancellationToken::new(),
+    }
+}
+
 /// Runs the handler with a heartbeat; `None` when the task was given back or its lease lost.
 /// The renewal keeps the lease until the completion is recorded.
 async fn run_job(shared: &Arc<Shared>, mut job: Job) -> Option<(Completion, Option<Renewal>)> {
@@ -912,15 +945,7 @@ async fn run_job(shared: &Arc<Shared>, mut job: Job) -> Option<(Completion, Opti
         );
         return Some((Completion::failed(job, reason), None));
     };
-    let context = TaskContext {
-        task_id: job.task_id.clone(),
-        kind: job.kind.clone(),
-        worker_id: shared.config.worker_id.clone(),
-        queue: job.queue.clone(),
-        delivery: job.delivery.clone(),
-        engine: shared.engine.clone(),
-        cancel: CancellationToken::new(),
-    };
+    let context = context_of(shared, &job);
     let started = Instant::now();
     let run = AssertUnwindSafe(handler.handle(&context)).catch_unwind();
     tokio::pin!(run);

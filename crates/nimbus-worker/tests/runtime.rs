@@ -800,7 +800,11 @@ async fn a_message_that_finds_every_slot_taken_waits_for_one_instead_of_going_ba
     let reports = reports(&s).await;
     assert_eq!(reports.len(), 8);
     for r in &reports {
-        assert_eq!(r.attempt, 1, "{} was received {} times", r.task_id, r.attempt);
+        assert_eq!(
+            r.attempt, 1,
+            "{} was received {} times",
+            r.task_id, r.attempt
+        );
     }
 }
 
@@ -944,11 +948,14 @@ async fn a_claim_is_swept_only_once_its_own_end_is_past_the_retention() {
 }
 
 /// When each task ran, by task id: (start, end) of every run that ended, and the ids of the
-/// runs begun.
+/// runs begun; the tasks the runtime failed without running them (`abandoned`, with the
+/// reason), of which the first `refusals` calls fail.
 #[derive(Clone, Default)]
 struct Timeline {
     runs: Arc<Mutex<Vec<(String, tokio::time::Instant, tokio::time::Instant)>>>,
     begun: Arc<Mutex<Vec<String>>>,
+    abandoned: Arc<Mutex<Vec<(String, String)>>>,
+    refusals: Arc<AtomicUsize>,
 }
 
 impl Timeline {
@@ -1003,6 +1010,19 @@ impl Handler for Timeline {
             .unwrap()
             .push((task.task_id.clone(), start, end));
         outcome
+    }
+
+    async fn abandoned(&self, task: &TaskContext, reason: &str) -> Result<(), String> {
+        let call = (task.task_id.clone(), reason.to_string());
+        self.abandoned.lock().unwrap().push(call);
+        let refuse = self
+            .refusals
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refuse {
+            return Err("the job store is busy".into());
+        }
+        Ok(())
     }
 }
 
@@ -1112,7 +1132,11 @@ async fn a_task_taken_over_from_a_dead_owner_runs_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_message_is_received_in_vain_while_takeovers_wait_to_run_alone() {
     let s = setup(QueueOptions::default()).await;
-    let tasks = [("running", "2500"), ("orphan-a", "300"), ("orphan-b", "300")];
+    let tasks = [
+        ("running", "2500"),
+        ("orphan-a", "300"),
+        ("orphan-b", "300"),
+    ];
     let ids = send_timed(&s, &tasks).await;
     plant_dead_owner(&s, "orphan-a", &ids[1], 0).await;
     plant_dead_owner(&s, "orphan-b", &ids[2], 0).await;
@@ -1128,7 +1152,11 @@ async fn no_message_is_received_in_vain_while_takeovers_wait_to_run_alone() {
     assert_eq!(stats.succeeded, 7);
     let reports = reports(&s).await;
     for r in reports.iter().filter(|r| r.task_id.starts_with("late-")) {
-        assert_eq!(r.attempt, 1, "{} was received {} times", r.task_id, r.attempt);
+        assert_eq!(
+            r.attempt, 1,
+            "{} was received {} times",
+            r.task_id, r.attempt
+        );
     }
     let orphans_end = ["orphan-a", "orphan-b"]
         .iter()
@@ -1157,11 +1185,26 @@ async fn a_task_whose_workers_keep_dying_under_it_fails_for_good() {
         .unwrap();
     plant_dead_owner(&s, "poison", &id, 2).await;
     let timeline = Timeline::default();
-    let stats = spawn_timed_worker(&s, "w1", &timeline, |c| c.max_crashes = 3)
-        .await
-        .unwrap();
+    timeline.refusals.store(1, Ordering::SeqCst);
+    let stats = spawn_timed_worker(&s, "w1", &timeline, |c| {
+        c.max_crashes = 3;
+        c.exit_when_idle = Some(Duration::from_secs(7));
+    })
+    .await
+    .unwrap();
     assert!(!timeline.started("poison"), "not run a fourth time");
     assert_eq!(stats.failed, 1);
+    let told = timeline.abandoned.lock().unwrap().clone();
+    assert_eq!(
+        told.len(),
+        2,
+        "the handler is told, and told again after it could not take it: {told:?}"
+    );
+    assert!(
+        told.iter()
+            .all(|(t, why)| t == "poison" && why.contains("ended while running it 3 times")),
+        "{told:?}"
+    );
     let reports = reports(&s).await;
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].status, TaskStatus::Failed);

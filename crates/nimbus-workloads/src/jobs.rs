@@ -51,6 +51,15 @@ pub fn job_item(id: &str, sort: &str) -> Result<ItemKey> {
     ItemKey::new(job_partition(id), sort)
 }
 
+/// The job a task is part of: every job kind names its tasks `<job id>/<part>` (`<id>/generate`,
+/// `<id>/slab/<z>`); `None` for a task of no job.
+pub fn job_of_task(task_id: &str) -> Option<&str> {
+    task_id
+        .split_once('/')
+        .map(|(job, _)| job)
+        .filter(|job| !job.is_empty())
+}
+
 fn job_partition(id: &str) -> String {
     format!("job#{id}")
 }
@@ -395,8 +404,9 @@ impl JobStore {
         .map(drop)
     }
 
-    /// Ends a job as failed (unless it already ended) and tells its watchers.
-    pub async fn fail(&self, id: &str, error: &str) -> Result<()> {
+    /// Ends a job as failed (unless it already ended) and tells its watchers; whether this call
+    /// ended it.
+    pub async fn fail(&self, id: &str, error: &str) -> Result<bool> {
         let (_, changed) = self
             .update(id, |job| {
                 if job.state.is_terminal() {
@@ -414,7 +424,21 @@ impl JobStore {
             })
             .await?;
         }
-        Ok(())
+        Ok(changed)
+    }
+
+    /// Fails the job task `task_id` is part of with `error` (unless it ended already); whether
+    /// this call ended it. A task of no job (its id names none, or a job that does not exist) is
+    /// left alone.
+    pub async fn fail_for_task(&self, task_id: &str, error: &str) -> Result<bool> {
+        let Some(id) = job_of_task(task_id) else {
+            return Ok(false);
+        };
+        match self.get(id).await {
+            Err(e) if e.kind() == nimbus_core::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+            Ok(_) => self.fail(id, error).await,
+        }
     }
 
     /// A new job record in the queued state.
@@ -432,4 +456,15 @@ impl JobStore {
             updated_ms: now,
         }
     }
+}
+
+/// A job store on a fresh embedded engine in `dir`, prepared with `queues`, for tests.
+#[cfg(test)]
+pub(crate) async fn test_store(dir: &std::path::Path, queues: &[&str]) -> JobStore {
+    let engine = nimbus_sqlite::SqliteEngine::open(dir.join("db"), Default::default())
+        .and_then(|sqlite| sqlite.into_engine(dir.join("blobs")))
+        .expect("an embedded engine in a temporary directory");
+    let store = JobStore::new(engine);
+    store.prepare(queues).await.expect("the store's queues");
+    store
 }

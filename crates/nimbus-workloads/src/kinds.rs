@@ -3,7 +3,7 @@
 //! a worker. The web tier, `nimbus up`, `nimbus aws up` and `nimbus worker` read it, so adding a
 //! kind touches this file and the kind's own module.
 
-use nimbus_worker::Handlers;
+use nimbus_worker::{Handler, Handlers, Outcome, TaskContext};
 
 use crate::jobs::JobStore;
 use crate::{atoms, classify, tasks, video};
@@ -142,6 +142,44 @@ impl std::fmt::Debug for WorkerOptions {
     }
 }
 
+/// A job kind's handler: runs `H`, and when the runtime fails one of its tasks without running
+/// it (its workers kept dying under it), fails the task's job, which would otherwise wait for
+/// that task for ever.
+pub struct JobHandler<H> {
+    store: JobStore,
+    inner: H,
+}
+
+impl<H> JobHandler<H> {
+    /// `inner`, failing its jobs in `store`.
+    pub fn new(store: &JobStore, inner: H) -> Self {
+        Self {
+            store: store.clone(),
+            inner,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<H: Handler> Handler for JobHandler<H> {
+    async fn handle(&self, task: &TaskContext) -> Outcome {
+        self.inner.handle(task).await
+    }
+
+    async fn abandoned(&self, task: &TaskContext, reason: &str) -> Result<(), String> {
+        let error = format!("task `{}`: {reason}", task.task_id);
+        let failed = self
+            .store
+            .fail_for_task(&task.task_id, &error)
+            .await
+            .map_err(|e| e.to_string())?;
+        if failed {
+            tracing::warn!(task_id = %task.task_id, reason, "a job fails: one of its tasks failed for good");
+        }
+        Ok(())
+    }
+}
+
 /// Every kind's handlers, over `store`.
 pub fn handlers(store: &JobStore, options: &WorkerOptions) -> Result<Handlers, String> {
     let videos = video::VideoRunner::new(store.engine().clone(), options.video.clone())?;
@@ -150,14 +188,26 @@ pub fn handlers(store: &JobStore, options: &WorkerOptions) -> Result<Handlers, S
             tasks::KIND,
             tasks::TaskHandler::new(options.exec.clone()).with_videos(videos.clone()),
         )
-        .with(video::KIND, video::VideoHandler::new(store.clone(), videos))
-        .with(atoms::GENERATE, atoms::GenerateHandler::new(store.clone()))
-        .with(atoms::SOLVE, atoms::SolveHandler::new(store.clone()));
+        .with(
+            video::KIND,
+            JobHandler::new(store, video::VideoHandler::new(store.clone(), videos)),
+        )
+        .with(
+            atoms::GENERATE,
+            JobHandler::new(store, atoms::GenerateHandler::new(store.clone())),
+        )
+        .with(
+            atoms::SOLVE,
+            JobHandler::new(store, atoms::SolveHandler::new(store.clone())),
+        );
     #[cfg(feature = "classify")]
     if let Some(model) = &options.classifier {
         return Ok(handlers.with(
             classify::KIND,
-            classify::ClassifyHandler::new(store.clone(), model.clone()),
+            JobHandler::new(
+                store,
+                classify::ClassifyHandler::new(store.clone(), model.clone()),
+            ),
         ));
     }
     Ok(handlers)
@@ -167,14 +217,60 @@ pub fn handlers(store: &JobStore, options: &WorkerOptions) -> Result<Handlers, S
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_table_names_each_queue_once_and_its_handlers_are_registered() {
+    struct Unused;
+
+    #[async_trait::async_trait]
+    impl Handler for Unused {
+        async fn handle(&self, _task: &TaskContext) -> Outcome {
+            unreachable!("the runtime fails the task without running it")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_the_runtime_fails_for_good_fails_its_job() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = nimbus_sqlite::SqliteEngine::open(dir.path().join("db"), Default::default())
-            .unwrap()
-            .into_engine(dir.path().join("blobs"))
-            .unwrap();
-        let store = JobStore::new(engine);
+        let store = crate::jobs::test_store(dir.path(), &[]).await;
+        let engine = store.engine().clone();
+        let job = JobStore::new_job(atoms::KIND, serde_json::json!({}), 1);
+        store.create(&job).await.unwrap();
+        let task = |task_id: String| TaskContext {
+            task_id,
+            kind: atoms::SOLVE.into(),
+            worker_id: "w".into(),
+            queue: nimbus_core::QueueName::new(atoms::SOLVE).unwrap(),
+            delivery: nimbus_core::Delivery {
+                message_id: "m".into(),
+                receipt: nimbus_core::Receipt("r".into()),
+                body: bytes::Bytes::new(),
+                attributes: Default::default(),
+                receive_count: 4,
+                sent_at: std::time::SystemTime::now(),
+                group_id: None,
+            },
+            engine: engine.clone(),
+            cancel: Default::default(),
+        };
+        let handler = JobHandler::new(&store, Unused);
+        let why = "its worker ended while running it 3 times";
+        let slab = task(format!("{}/slab/8", job.id));
+        handler.abandoned(&slab, why).await.unwrap();
+        let failed = store.get(&job.id).await.unwrap();
+        assert_eq!(failed.state, nimbus_core::JobState::Failed);
+        assert_eq!(
+            failed.error.as_deref(),
+            Some(format!("task `{}/slab/8`: {why}", job.id).as_str())
+        );
+        handler.abandoned(&slab, why).await.unwrap();
+        let no_job = task("a-session-task".into());
+        handler.abandoned(&no_job, why).await.unwrap();
+        let gone = task("0190ffff-0000-7000-8000-000000000000/generate".into());
+        handler.abandoned(&gone, why).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_table_names_each_queue_once_and_its_handlers_are_registered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::jobs::test_store(dir.path(), &[]).await;
         let registered = handlers(&store, &WorkerOptions::default()).unwrap();
         for kind in ALL.iter().filter(|k| k.name != classify::KIND) {
             for h in kind.handlers {

@@ -441,12 +441,8 @@ mod tests {
     #[tokio::test]
     async fn a_slab_computed_twice_counts_its_points_once() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = nimbus_sqlite::SqliteEngine::open(dir.path().join("db"), Default::default())
-            .unwrap()
-            .into_engine(dir.path().join("blobs"))
-            .unwrap();
-        let store = JobStore::new(engine.clone());
-        store.prepare(&[SOLVE]).await.unwrap();
+        let store = crate::jobs::test_store(dir.path(), &[SOLVE]).await;
+        let engine = store.engine().clone();
         let n = 24;
         let params = json!({ "grid_size": n, "atom_count": 50, "seed": 1 });
         let job = JobStore::new_job(super::super::KIND, params, u64::from(n).pow(3));
