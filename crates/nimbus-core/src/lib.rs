@@ -1,6 +1,8 @@
 //! nimbus's core: the engine traits (queue, topic, ledger, blobs) with SQS, SNS, DynamoDB and S3
-//! semantics, their limits, and the engine-neutral error. No IO framework and no cloud SDK here.
+//! semantics, their limits, the engine-neutral error and the one clock. No IO framework (tokio
+//! only for its clock) and no cloud SDK here.
 
+pub mod clock;
 pub mod compute;
 pub mod error;
 pub mod job;

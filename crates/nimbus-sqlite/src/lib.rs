@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nimbus_core::clock::now_ms;
 use nimbus_core::{Engine, Error, ErrorKind, Result};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Notify;
@@ -281,13 +282,6 @@ fn sql_error(e: rusqlite::Error) -> Error {
         _ => ErrorKind::Internal,
     };
     Error::new(kind, format!("sqlite: {e}")).with_source(e)
-}
-
-/// Milliseconds since the Unix epoch: the one clock every process on the machine shares.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn ms(d: Duration) -> i64 {

@@ -37,7 +37,7 @@
 //! ends, a few milliseconds under load); a completer whose writes fail tries them again rather
 //! than dropping the ends (`nimbus bench chaos` counts how often the window is hit).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use nimbus_core::{ItemKey, Result, TaskReport};
@@ -177,12 +177,8 @@ pub fn decide(existing: &Claim, version: u64, message_id: &str, now_ms: i64) -> 
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+/// Milliseconds since the Unix epoch, by nimbus's one clock.
+pub use nimbus_core::clock::now_ms;
 
 #[cfg(test)]
 mod tests {

@@ -589,7 +589,7 @@ async fn a_task_whose_owner_died_is_taken_over() {
 /// once the lease is over, takes the task over at once: the claim ran out before the message
 /// came back, so the task is not hidden for the claim's last milliseconds and received again,
 /// which would use up a dead-letter queue's receives twice as fast as deaths.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_dead_owners_task_is_taken_over_by_the_next_delivery() {
     let s = setup(QueueOptions::default()).await;
     s.engine
@@ -768,7 +768,7 @@ async fn an_idle_queue_does_not_starve_a_busy_one() {
 /// at once, the second finds the slots taken by the first. Its messages wait for a slot,
 /// leased, instead of going straight back, which spent a receive of each for nothing (the
 /// chaos harness saw hundreds a minute on a worker of four queues).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_message_that_finds_every_slot_taken_waits_for_one_instead_of_going_back() {
     let s = setup(QueueOptions::default()).await;
     let other = QueueName::new("other").unwrap();
@@ -1086,7 +1086,7 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 /// A task whose worker died under it (here a planted claim of a dead owner) may be what
 /// killed it: it runs alone, after the tasks already running end and before any other is
 /// received, so that were it to kill this worker too, nothing else would die with it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_task_taken_over_from_a_dead_owner_runs_alone() {
     let s = setup(QueueOptions::default()).await;
     let ids = send_timed(&s, &[("running", "2500"), ("orphan", "1000")]).await;
@@ -1129,7 +1129,7 @@ async fn a_task_taken_over_from_a_dead_owner_runs_alone() {
 /// dense faults those spent receives dead-lettered tasks that were not poison. Here the worker
 /// is in a long poll when two takeovers start waiting; the tasks sent meanwhile must each be
 /// received once, after the takeovers ran.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn no_message_is_received_in_vain_while_takeovers_wait_to_run_alone() {
     let s = setup(QueueOptions::default()).await;
     let tasks = [
@@ -1174,7 +1174,7 @@ async fn no_message_is_received_in_vain_while_takeovers_wait_to_run_alone() {
 /// A task whose workers ended under it `max_crashes` times (each time running alone, so it
 /// is the likely cause) fails for good, reported with the reason, instead of killing workers
 /// until the queue's receive count dead-letters it with whatever shared its worker.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_task_whose_workers_keep_dying_under_it_fails_for_good() {
     let s = setup(QueueOptions::default()).await;
     let id = s
@@ -1219,7 +1219,7 @@ async fn a_task_whose_workers_keep_dying_under_it_fails_for_good() {
 /// The backoff of a retried task doubles with its retries, counted in its claim, not with its
 /// message's receive count: deliveries that found the task busy, or died beside another task,
 /// used to make a first retry wait 2^receives times its delay.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn retry_backoff_doubles_per_retry_not_per_receive() {
     let s = setup(QueueOptions::default()).await;
     s.engine
@@ -1250,12 +1250,19 @@ async fn retry_backoff_doubles_per_retry_not_per_receive() {
     assert_eq!((stats.retried, stats.succeeded), (2, 1));
     let runs = timeline.of("flaky");
     let (first, second) = (runs[1].0 - runs[0].1, runs[2].0 - runs[1].1);
+    // On tokio's paused clock (nimbus's clock follows it) a wait is its delay, plus at most
+    // one poll of the receiver (100 ms), however loaded the machine.
+    let poll = Duration::from_millis(100);
+    let waited = |delay: u64, got: Duration| {
+        let delay = Duration::from_millis(delay);
+        got >= delay && got <= delay + poll
+    };
     assert!(
-        first >= Duration::from_millis(200) && first < Duration::from_millis(1500),
+        waited(200, first),
         "the first retry waited its delay (200 ms), not 2^4 times it: {first:?}"
     );
     assert!(
-        second >= Duration::from_millis(400),
+        waited(400, second),
         "the second retry waited twice the delay: {second:?}"
     );
 }

@@ -6,10 +6,11 @@
 //! can still end well.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nimbus_core::task::ATTR_TASK_ID;
 use nimbus_core::{DeadLetter, Delivery, ErrorKind, JobState, QueueName, ReceiveRequest, Result};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::{job_of_task, JobStore};
@@ -58,10 +59,15 @@ async fn tick(
     };
     let depth = engine.queue.depth(&dead.queue).await?;
     let count = depth.visible + depth.in_flight + depth.delayed;
+    if count == 0 {
+        // Emptied (redriven): the next dead letter is new, whatever the count was before.
+        last.remove(queue);
+        return Ok(());
+    }
     let unchanged = last
         .get(queue)
         .is_some_and(|(seen, at)| *seen == count && at.elapsed() < AGAIN_AFTER);
-    if count == 0 || unchanged {
+    if unchanged {
         return Ok(());
     }
     let failed = read(store, queue, &dead).await?;

@@ -1,8 +1,6 @@
 //! The job store: job records in the ledger, their progress counters, and job events on the
 //! `events` topic. Shared by the web tier (which creates and reads jobs) and the workers.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::Bytes;
 use nimbus_core::{
     Condition, Engine, Error, ItemKey, Job, JobEvent, JobState, Order, Page, Progress, QueueName,
@@ -28,12 +26,8 @@ pub fn blob_error(e: object_store::Error) -> Error {
     Error::new(kind, format!("blob store: {e}")).with_source(e)
 }
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+/// Milliseconds since the epoch, by nimbus's one clock.
+pub use nimbus_core::clock::now_ms;
 
 /// Jobs over an engine.
 #[derive(Clone, Debug)]
