@@ -421,6 +421,22 @@ impl JobStore {
         Ok(changed)
     }
 
+    /// What a task that ends its job as failed returns: `Failed`, once the job is marked
+    /// failed; a retry when marking it failed fails (the engine is down or its disk full), so
+    /// that a job is never left `running` with nothing left to end it.
+    pub async fn fail_with_task(&self, id: &str, error: String) -> nimbus_worker::Outcome {
+        match self.fail(id, &error).await {
+            Ok(_) => nimbus_worker::Outcome::Failed(error),
+            Err(e) => {
+                tracing::warn!(job_id = id, error = %e, "could not mark the job failed; the task will be retried");
+                nimbus_worker::Outcome::RetryAfter {
+                    delay: std::time::Duration::from_secs(1),
+                    reason: format!("{error}; and the job could not be marked failed: {e}"),
+                }
+            }
+        }
+    }
+
     /// Fails the job task `task_id` is part of with `error` (unless it ended already); whether
     /// this call ended it. A task of no job (its id names none, or a job that does not exist) is
     /// left alone.

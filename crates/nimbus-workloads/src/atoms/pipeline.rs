@@ -92,12 +92,7 @@ async fn outcome(store: &JobStore, job_id: &str, result: Result<()>) -> Outcome 
             delay: Duration::from_secs(1),
             reason: e.to_string(),
         },
-        Err(e) => {
-            if let Err(fail) = store.fail(job_id, &e.to_string()).await {
-                tracing::warn!(job_id, error = %fail, "could not mark the job failed");
-            }
-            Outcome::Failed(e.to_string())
-        }
+        Err(e) => store.fail_with_task(job_id, e.to_string()).await,
     }
 }
 
@@ -438,6 +433,70 @@ mod tests {
 
     /// Regression (issue 16): a slab computed again (after a crash its claim is taken over and
     /// the slab restarts) counted its points twice, and the bar reached 100 % early.
+    fn full_disk() -> Error {
+        Error::new(
+            nimbus_core::ErrorKind::Unavailable,
+            "database or disk is full",
+        )
+    }
+
+    /// A ledger that refuses every write, as a full disk does.
+    struct Full(Arc<dyn nimbus_core::Ledger>);
+
+    #[async_trait]
+    impl nimbus_core::Ledger for Full {
+        async fn put(
+            &self,
+            _key: &nimbus_core::ItemKey,
+            _value: Bytes,
+            _condition: Condition,
+        ) -> Result<Option<u64>> {
+            Err(full_disk())
+        }
+        async fn get(&self, key: &nimbus_core::ItemKey) -> Result<Option<nimbus_core::Item>> {
+            self.0.get(key).await
+        }
+        async fn delete(&self, _key: &nimbus_core::ItemKey, _condition: Condition) -> Result<bool> {
+            Err(full_disk())
+        }
+        async fn add(&self, _key: &nimbus_core::ItemKey, _delta: i64) -> Result<i64> {
+            Err(full_disk())
+        }
+        async fn list(&self, partition: &str) -> Result<Vec<(String, nimbus_core::Item)>> {
+            self.0.list(partition).await
+        }
+    }
+
+    /// Regression (issue 16): a step that failed for good while its job could not be marked
+    /// failed (a full disk) was acknowledged as failed all the same, and its job stayed `running`
+    /// with nothing left to end it. The step is retried now, until the job is marked.
+    #[tokio::test]
+    async fn a_step_that_fails_while_its_job_cannot_be_marked_failed_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::jobs::test_store(dir.path(), &[]).await;
+        let job = JobStore::new_job(super::super::KIND, json!({}), 1);
+        store.create(&job).await.unwrap();
+        let ledger = store.engine().ledger.clone();
+        let full = JobStore::new(store.engine().clone().with_ledger(Arc::new(Full(ledger))));
+        let bad = || Err(Error::internal("slab 8 is corrupt"));
+        let retried = outcome(&full, &job.id, bad()).await;
+        assert!(
+            matches!(&retried, Outcome::RetryAfter { reason, .. } if reason.contains("could not be marked failed")),
+            "{retried:?}"
+        );
+        assert_eq!(
+            store.get(&job.id).await.unwrap().state,
+            nimbus_core::JobState::Queued
+        );
+        let failed = outcome(&store, &job.id, bad()).await;
+        assert_eq!(failed, Outcome::Failed("slab 8 is corrupt".into()));
+        let job = store.get(&job.id).await.unwrap();
+        assert_eq!(
+            (job.state, job.error.as_deref()),
+            (nimbus_core::JobState::Failed, Some("slab 8 is corrupt"))
+        );
+    }
+
     #[tokio::test]
     async fn a_slab_computed_twice_counts_its_points_once() {
         let dir = tempfile::tempdir().unwrap();

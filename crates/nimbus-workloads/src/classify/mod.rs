@@ -268,10 +268,7 @@ mod handler {
     impl ClassifyHandler {
         /// Ends the job as failed (its waiting request learns why) and fails the task.
         async fn fail(&self, job_id: &str, error: String) -> Outcome {
-            if let Err(e) = self.store.fail(job_id, &error).await {
-                tracing::warn!(job_id, error = %e, "could not mark the job failed");
-            }
-            Outcome::Failed(error)
+            self.store.fail_with_task(job_id, error).await
         }
     }
 }

@@ -853,13 +853,7 @@ impl Handler for VideoHandler {
                 delay: Duration::from_secs(1),
                 reason: e.to_string(),
             },
-            Err(e) => {
-                let why = e.to_string();
-                if let Err(fail) = self.store.fail(&msg.job_id, &why).await {
-                    tracing::warn!(job_id = msg.job_id, error = %fail, "could not mark the job failed");
-                }
-                Outcome::Failed(why)
-            }
+            Err(e) => self.store.fail_with_task(&msg.job_id, e.to_string()).await,
         }
     }
 }
