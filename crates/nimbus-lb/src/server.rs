@@ -216,15 +216,12 @@ pub(crate) async fn serve_proxy(shared: Arc<Shared>, listener: Listener, workers
     let routed = shared.clone();
     let make = move |peer: SocketAddr, tls: bool| {
         let (service, shared) = (service.clone(), routed.clone());
+        let peer = Peer::new(peer, port, tls);
         move |mut request: Request<Incoming>| {
             // Routed once, here: the metrics layer labels by the rule, the proxy follows it.
             let route = shared.routing().route(request.uri().path()).clone();
             let extensions = request.extensions_mut();
-            extensions.insert(Peer {
-                addr: peer,
-                port,
-                tls,
-            });
+            extensions.insert(peer.clone());
             extensions.insert(route);
             service.clone().call(request)
         }
