@@ -24,7 +24,8 @@ use crate::target::{Group, InFlight, Target};
 use crate::{Body, BoxError, Route, Shared};
 
 /// Where a request came in: made once per connection, with the forwarded headers' values
-/// ready (formatting them per request was a tenth of the balancer's user time).
+/// ready (in a profile, building the forwarded headers per request, the client's address
+/// formatted each time, took 7.6 % of the balancer's user time).
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
     /// The client's IP address, as `X-Forwarded-For` names it.
