@@ -4,17 +4,20 @@
 # wrk (closed loop, --connections, --seconds), `nimbus bench http` at the same concurrency
 # (p50/p99/p99.9) and at a fixed rate below saturation (--rate, open loop: latency from the
 # planned send time). Prints Markdown tables for docs/benchmarks.md.
-# Usage: scripts/bench_lb.sh [--connections 64] [--seconds 10] [--rate 2000]
+# With --cpu-rounds N, then N rounds of CPU time per proxied request (user and kernel, from
+# /proc/PID/stat around a wrk run of --seconds) for each balancer in turn.
+# Usage: scripts/bench_lb.sh [--connections 64] [--seconds 10] [--rate 2000] [--cpu-rounds 0]
 # Needs: a release build (cargo build --release -p nimbus-cli), nginx, haproxy and wrk
 # (apt-get install nginx haproxy wrk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-connections=64 seconds=10 rate=2000
+connections=64 seconds=10 rate=2000 cpu_rounds=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --connections) connections=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
+    --cpu-rounds) cpu_rounds=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -39,7 +42,7 @@ done
 
 lb_port=$(free_port)
 "$nimbus" lb --listen "127.0.0.1:$lb_port" --target "127.0.0.1:${targets[0]}" --target "127.0.0.1:${targets[1]}" >/dev/null 2>"$work/lb.log" &
-pids+=($!)
+pids+=($!); lb_pid=$!
 
 nginx_port=$(free_port)
 mkdir -p "$work/nginx"
@@ -72,7 +75,7 @@ http {
 }
 CONF
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
-pids+=($!)
+pids+=($!); nginx_pid=$!
 
 haproxy_port=$(free_port)
 cat > "$work/haproxy.cfg" <<CONF
@@ -94,7 +97,7 @@ backend replicas
   server r2 127.0.0.1:${targets[1]}
 CONF
 haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>"$work/haproxy.log" &
-pids+=($!)
+pids+=($!); haproxy_pid=$!
 for p in "$lb_port" "$nginx_port" "$haproxy_port"; do wait_port "$p"; done
 sleep 1
 
@@ -125,4 +128,30 @@ print(f"| {name}{note} | {float(wrk_rps):,.0f} | {float(wrk_p50):.2f} | {float(w
       f"{c['requests_per_second']:,.0f} | {c['latency']['p50_ms']:.2f} | {c['latency']['p99_ms']:.2f} | {c['latency']['p999_ms']:.2f} | "
       f"{o['latency']['p50_ms']:.2f} | {o['latency']['p99_ms']:.2f} | {o['latency']['p999_ms']:.2f} |")
 PY
+done
+
+[ "$cpu_rounds" -gt 0 ] || exit 0
+# Clock ticks of user and kernel time of the given processes.
+ticks() { local u=0 k=0 a b; for p in "$@"; do read -r a b < <(cut -d' ' -f14,15 "/proc/$p/stat"); u=$((u + a)); k=$((k + b)); done; echo "$u $k"; }
+echo
+echo "| round | balancer | wrk req/s | user us/request | kernel us/request |"
+echo "| --- | --- | --- | --- | --- |"
+nginx_workers=$(pgrep -P "$nginx_pid" | tr '\n' ' ')
+for round in $(seq "$cpu_rounds"); do
+  for row in "nimbus lb:$lb_port:$lb_pid" "nginx:$nginx_port:$nginx_pid $nginx_workers" "haproxy:$haproxy_port:$haproxy_pid"; do
+    IFS=: read -r name port procs <<<"$row"
+    # shellcheck disable=SC2086 # procs is a list of PIDs
+    before=$(ticks $procs)
+    w=$(wrk -t2 -c"$connections" -d"${seconds}s" "http://127.0.0.1:$port/cluster1")
+    # shellcheck disable=SC2086
+    after=$(ticks $procs)
+    requests=$(echo "$w" | awk '/requests in/ {print $1}')
+    rps=$(echo "$w" | awk '/Requests\/sec/ {print $2}')
+    python3 - "$round" "$name" "$rps" "$requests" "$(getconf CLK_TCK)" $before $after <<'PY'
+import sys
+rnd, name, rps, requests, hz, ub, kb, ua, ka = sys.argv[1:]
+per = lambda a, b: (int(a) - int(b)) * 1e6 / int(hz) / int(requests)
+print(f"| {rnd} | {name} | {float(rps):,.0f} | {per(ua, ub):.1f} | {per(ka, kb):.1f} |")
+PY
+  done
 done
